@@ -1,0 +1,483 @@
+"""FlashAttention-2 in Triton: forward and backward, causal or not, with dropout.
+
+Math (Dao 2023, Algorithms 1 and 2), for one (batch, head), queries Q (N_q x d), keys K and
+values V (N_k x d), softmax scale s:
+
+    S = s Q K^T,   P = softmax(S) (row-wise),   O = dropout(P) V,   LSE_i = log sum_j exp(S_ij)
+
+Forward: Q is cut into row blocks of B_r rows, K and V into column blocks of B_c rows. One
+program owns one Q block and streams over the K/V blocks, keeping the running row maximum m,
+the running normaliser l and the unnormalised output O~ in registers (the online softmax):
+
+    m_new = max(m, rowmax(S_ij)),   P~_ij = exp(S_ij - m_new),
+    l     = exp(m - m_new) l + rowsum(P~_ij),
+    O~    = exp(m - m_new) O~ + dropout(P~_ij) V_j,        and at the end  O = O~ / l,
+    LSE   = m + log l   (saved for the backward pass, returned on request).
+
+Exponentials are taken base 2 with log2(e) folded into the scale (one FMA per score).
+
+Backward: P is recomputed from Q, K and the saved LSE (no N x N tensor is ever stored):
+
+    P_ij = exp(S_ij - LSE_i),   dV = dropout(P)^T dO,   dP = dropout'(dO V^T),
+    D_i  = rowsum(dO_i * O_i) - dLSE_i,   dS = P * (dP - D),   dQ = s dS K,   dK = s dS^T Q
+
+One kernel owns a K/V block and streams over Q blocks (dK, dV stay in registers); a second
+owns a Q block and streams over K/V blocks (dQ stays in registers). Two passes recompute P
+twice but need no atomics, and each output is written exactly once.
+
+Causal masking is aligned bottom-right, as in flash-attn >= 2.1: query i sees key j when
+j <= i + N_k - N_q, so a single new query (N_q = 1) sees the whole KV cache. A query row that
+sees no key (only possible when N_q > N_k) gets O = 0 and LSE = +inf.
+
+Only the blocks that cross the diagonal (or the ragged end of K) pay for the mask: each loop
+is split into an unmasked part and a masked part.
+
+Dropout uses a counter-based RNG (Philox, `tl.rand`) keyed by (seed, element index), so the
+backward pass regenerates exactly the forward mask and a given seed is reproducible.
+
+Tensor layout is (batch, seq, heads, head_dim), the layout a fused QKV projection produces,
+so the model never transposes; any strides are accepted as long as head_dim is contiguous.
+"""
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from attention.checks import check_qkv
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+LOG2E = 1.4426950408889634
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
+
+
+# --------------------------------------------------------------------------------------------
+# shared device helpers
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def dropout_keep(seed, bh, rows, cols, N_Q, N_K, dropout_p):
+    """Keep-mask for attention dropout: one Philox draw per (batch*head, query, key) element."""
+    offsets = (bh * N_Q + rows).to(tl.int64) * N_K + cols
+    return tl.rand(seed, offsets) >= dropout_p
+
+
+@triton.jit
+def _dropout_mask_kernel(Mask, seed_ptr, N_Q, N_K, dropout_p, B_r: tl.constexpr, B_c: tl.constexpr):
+    """Writes the keep-mask the attention kernels use (for tests and the reference path)."""
+    bh = tl.program_id(2)
+    rows = tl.program_id(0) * B_r + tl.arange(0, B_r)[:, None]
+    cols = tl.program_id(1) * B_c + tl.arange(0, B_c)[None, :]
+    keep = dropout_keep(tl.load(seed_ptr), bh, rows, cols, N_Q, N_K, dropout_p)
+    tl.store(Mask + (bh * N_Q + rows).to(tl.int64) * N_K + cols, keep, mask=(rows < N_Q) & (cols < N_K))
+
+
+def dropout_mask(seed: torch.Tensor, batch: int, heads: int, n_q: int, n_k: int, dropout_p: float):
+    """The (batch, heads, N_q, N_k) boolean keep-mask that `seed` draws inside the kernels."""
+    mask = torch.empty(batch, heads, n_q, n_k, dtype=torch.bool, device=seed.device)
+    grid = (triton.cdiv(n_q, 16), triton.cdiv(n_k, 16), batch * heads)
+    _dropout_mask_kernel[grid](mask, seed, n_q, n_k, dropout_p, B_r=16, B_c=16)
+    return mask
+
+
+def new_seed(device) -> torch.Tensor:
+    """A fresh dropout seed drawn from torch's generator (so torch.manual_seed governs it)."""
+    return torch.randint(0, 2**62, (1,), device=device, dtype=torch.int64)
+
+
+@triton.jit
+def _block_index(CAUSAL: tl.constexpr):
+    """Row-block index of this program. Grids are (batch*heads, blocks) so one wave holds the
+    same block of every head; under causal masking the last blocks do the most work, so
+    they are scheduled first to shorten the tail."""
+    if CAUSAL:
+        return tl.num_programs(1) - 1 - tl.program_id(1)
+    return tl.program_id(1)
+
+
+# --------------------------------------------------------------------------------------------
+# forward
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn, start, end,
+               offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
+               B_c: tl.constexpr):
+    """Streams K/V blocks [start, end) through the online softmax of one Q block."""
+    for start_n in range(start, end, B_c):
+        cols = start_n + offs_n
+        if MASKED:
+            kT = tl.load(K_block + cols[None, :] * stride_kn + offs_d[:, None], mask=cols[None, :] < N_K, other=0.0)
+            v = tl.load(V_block + cols[:, None] * stride_vn + offs_d[None, :], mask=cols[:, None] < N_K, other=0.0)
+        else:
+            kT = tl.load(K_block + cols[None, :] * stride_kn + offs_d[:, None])
+            v = tl.load(V_block + cols[:, None] * stride_vn + offs_d[None, :])
+        s = tl.dot(q, kT) * qk_scale  # scores in log2 units
+        if MASKED:
+            valid = cols[None, :] < N_K
+            if CAUSAL:
+                valid = valid & (cols[None, :] <= offs_m[:, None] + shift)
+            s = tl.where(valid, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that see no key yet
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if DROPOUT:
+            p = tl.where(dropout_keep(seed, bh, offs_m[:, None], cols[None, :], N_Q, N_K, dropout_p), p, 0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr,
+                      stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
+                      stride_vb, stride_vn, stride_vh, stride_ob, stride_on, stride_oh,
+                      H, N_Q, N_K, qk_scale, dropout_p,
+                      CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, D: tl.constexpr,
+                      B_r: tl.constexpr, B_c: tl.constexpr):
+    bh = tl.program_id(0)
+    i = _block_index(CAUSAL)
+    b = bh // H
+    h = bh % H
+    offs_m = i * B_r + tl.arange(0, B_r)
+    offs_n = tl.arange(0, B_c)
+    offs_d = tl.arange(0, D)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :],
+                mask=offs_m[:, None] < N_Q, other=0.0)
+    K_block = K + b * stride_kb + h * stride_kh
+    V_block = V + b * stride_vb + h * stride_vh
+    seed = tl.load(seed_ptr)
+
+    m_i = tl.full([B_r], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([B_r], dtype=tl.float32)
+    acc = tl.zeros([B_r, D], dtype=tl.float32)
+
+    # Key columns [0, unmasked_end) are visible to every row of this block: no mask there.
+    shift = N_K - N_Q
+    if CAUSAL:
+        end = tl.minimum(tl.maximum((i + 1) * B_r + shift, 0), N_K)
+        unmasked_end = tl.minimum(tl.maximum(i * B_r + shift + 1, 0), N_K) // B_c * B_c
+    else:
+        end = N_K
+        unmasked_end = N_K // B_c * B_c
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
+                               0, unmasked_end, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
+                               qk_scale, dropout_p, False, CAUSAL, DROPOUT, B_c)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
+                               unmasked_end, end, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
+                               qk_scale, dropout_p, True, CAUSAL, DROPOUT, B_c)
+
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    if DROPOUT:
+        acc = acc / (l_safe * (1.0 - dropout_p))[:, None]
+    else:
+        acc = acc / l_safe[:, None]
+    lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(l_safe)) / 1.4426950408889634)
+    row_ok = offs_m < N_Q
+    tl.store(LSE + bh * N_Q + offs_m, lse, mask=row_ok)
+    tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :],
+             acc.to(O.dtype.element_ty), mask=row_ok[:, None])
+
+
+# --------------------------------------------------------------------------------------------
+# backward
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def flash2_bwd_preprocess_kernel(O, dO, dLSE, Delta, stride_ob, stride_on, stride_oh,
+                                 stride_dob, stride_don, stride_doh, H, N_Q,
+                                 HAS_DLSE: tl.constexpr, D: tl.constexpr, B_r: tl.constexpr):
+    """D_i = rowsum(dO_i * O_i) - dLSE_i (the dLSE term makes the returned LSE differentiable)."""
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = tl.program_id(0) * B_r + tl.arange(0, B_r)
+    offs_d = tl.arange(0, D)
+    row_ok = offs_m[:, None] < N_Q
+    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :],
+                mask=row_ok, other=0.0).to(tl.float32)
+    do = tl.load(dO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :],
+                 mask=row_ok, other=0.0).to(tl.float32)
+    delta = tl.sum(o * do, 1)
+    if HAS_DLSE:
+        delta -= tl.load(dLSE + bh * N_Q + offs_m, mask=offs_m < N_Q, other=0.0)
+    tl.store(Delta + bh * N_Q + offs_m, delta, mask=offs_m < N_Q)
+
+
+@triton.jit
+def _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE_row, Delta_row, stride_qn, stride_don,
+                    start, end, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p,
+                    MASKED: tl.constexpr, DROPOUT: tl.constexpr, B_r: tl.constexpr):
+    """Accumulates dK_j, dV_j over query blocks [start, end), in the transposed frame (S^T)."""
+    offs_m0 = tl.arange(0, B_r)
+    for start_m in range(start, end, B_r):
+        rows = start_m + offs_m0
+        row_ok = rows < N_Q
+        qT = tl.load(Q_block + rows[None, :] * stride_qn + offs_d[:, None], mask=row_ok[None, :], other=0.0)
+        do = tl.load(dO_block + rows[:, None] * stride_don + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        # Rows past N_Q read LSE = +inf, so their P is exactly 0 and they add nothing.
+        lse = tl.load(LSE_row + rows, mask=row_ok, other=float("inf"))
+        delta = tl.load(Delta_row + rows, mask=row_ok, other=0.0)
+        sT = tl.dot(k, qT) * qk_scale
+        pT = tl.math.exp2(sT - lse[None, :] * 1.4426950408889634)
+        if MASKED:  # causal diagonal blocks
+            pT = tl.where(offs_n[:, None] <= rows[None, :] + shift, pT, 0.0)
+        dpT = tl.dot(v, tl.trans(do)).to(tl.float32)
+        if DROPOUT:
+            keep = dropout_keep(seed, bh, rows[None, :], offs_n[:, None], N_Q, N_K, dropout_p)
+            inv_keep = 1.0 / (1.0 - dropout_p)
+            dv += tl.dot(tl.where(keep, pT * inv_keep, 0.0).to(do.dtype), do)
+            dpT = tl.where(keep, dpT * inv_keep, 0.0)
+        else:
+            dv += tl.dot(pT.to(do.dtype), do)
+        dsT = pT * (dpT - delta[None, :])
+        dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT))
+    return dk, dv
+
+
+@triton.jit
+def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr,
+                           stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
+                           stride_vb, stride_vn, stride_vh, stride_dob, stride_don, stride_doh,
+                           stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
+                           H, N_Q, N_K, qk_scale, sm_scale, dropout_p,
+                           CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, D: tl.constexpr,
+                           B_r: tl.constexpr, B_c: tl.constexpr):
+    bh = tl.program_id(0)
+    j = tl.program_id(1)  # low j sees the most queries under causal: natural order is longest-first
+    b = bh // H
+    h = bh % H
+    offs_n = j * B_c + tl.arange(0, B_c)
+    offs_d = tl.arange(0, D)
+    col_ok = offs_n[:, None] < N_K
+    k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :], mask=col_ok, other=0.0)
+    v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :], mask=col_ok, other=0.0)
+    Q_block = Q + b * stride_qb + h * stride_qh
+    dO_block = dO + b * stride_dob + h * stride_doh
+    seed = tl.load(seed_ptr)
+    dk = tl.zeros([B_c, D], dtype=tl.float32)
+    dv = tl.zeros([B_c, D], dtype=tl.float32)
+
+    shift = N_K - N_Q
+    if CAUSAL:
+        # Query rows that see any of this block start at j*B_c - shift; rows from
+        # j*B_c + B_c - 1 - shift on see all of it.
+        start = tl.maximum(j * B_c - shift, 0) // B_r * B_r
+        mid = tl.minimum(tl.maximum(tl.cdiv(j * B_c + B_c - 1 - shift, B_r) * B_r, start), tl.cdiv(N_Q, B_r) * B_r)
+    else:
+        start = 0
+        mid = 0
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
+                             stride_qn, stride_don, start, mid, offs_n, offs_d, seed, bh, N_Q, N_K,
+                             shift, qk_scale, dropout_p, True, DROPOUT, B_r)
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
+                             stride_qn, stride_don, mid, N_Q, offs_n, offs_d, seed, bh, N_Q, N_K,
+                             shift, qk_scale, dropout_p, False, DROPOUT, B_r)
+    tl.store(dK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :],
+             (dk * sm_scale).to(dK.dtype.element_ty), mask=col_ok)
+    tl.store(dV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :],
+             dv.to(dV.dtype.element_ty), mask=col_ok)
+
+
+@triton.jit
+def _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, start, end,
+                  offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p,
+                  MASKED: tl.constexpr, DROPOUT: tl.constexpr, B_c: tl.constexpr):
+    """Accumulates dQ_i over key blocks [start, end). Keys past N_K load as zero rows of K and
+    V, which makes their dS K contribution exactly zero: only the causal mask is needed."""
+    for start_n in range(start, end, B_c):
+        cols = start_n + offs_n
+        col_ok = cols[None, :] < N_K
+        kT = tl.load(K_block + cols[None, :] * stride_kn + offs_d[:, None], mask=col_ok, other=0.0)
+        vT = tl.load(V_block + cols[None, :] * stride_vn + offs_d[:, None], mask=col_ok, other=0.0)
+        s = tl.dot(q, kT) * qk_scale
+        p = tl.math.exp2(s - lse2[:, None])
+        if MASKED:
+            p = tl.where(cols[None, :] <= offs_m[:, None] + shift, p, 0.0)
+        dp = tl.dot(do, vT).to(tl.float32)
+        if DROPOUT:
+            keep = dropout_keep(seed, bh, offs_m[:, None], cols[None, :], N_Q, N_K, dropout_p)
+            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(kT.dtype), tl.trans(kT))
+    return dq
+
+
+@triton.jit
+def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr,
+                         stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
+                         stride_vb, stride_vn, stride_vh, stride_dob, stride_don, stride_doh,
+                         stride_dqb, stride_dqn, stride_dqh,
+                         H, N_Q, N_K, qk_scale, sm_scale, dropout_p,
+                         CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, D: tl.constexpr,
+                         B_r: tl.constexpr, B_c: tl.constexpr):
+    bh = tl.program_id(0)
+    i = _block_index(CAUSAL)
+    b = bh // H
+    h = bh % H
+    offs_m = i * B_r + tl.arange(0, B_r)
+    offs_n = tl.arange(0, B_c)
+    offs_d = tl.arange(0, D)
+    row_ok = offs_m < N_Q
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    do = tl.load(dO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    lse2 = tl.load(LSE + bh * N_Q + offs_m, mask=row_ok, other=float("inf")) * 1.4426950408889634
+    delta = tl.load(Delta + bh * N_Q + offs_m, mask=row_ok, other=0.0)
+    K_block = K + b * stride_kb + h * stride_kh
+    V_block = V + b * stride_vb + h * stride_vh
+    seed = tl.load(seed_ptr)
+    dq = tl.zeros([B_r, D], dtype=tl.float32)
+
+    shift = N_K - N_Q
+    if CAUSAL:
+        end = tl.minimum(tl.maximum((i + 1) * B_r + shift, 0), N_K)
+        unmasked_end = tl.minimum(tl.maximum(i * B_r + shift + 1, 0), N_K) // B_c * B_c
+    else:
+        end = N_K
+        unmasked_end = N_K
+    dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, 0, unmasked_end,
+                       offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p,
+                       False, DROPOUT, B_c)
+    dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, unmasked_end, end,
+                       offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p,
+                       True, DROPOUT, B_c)
+    tl.store(dQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqn + offs_d[None, :],
+             (dq * sm_scale).to(dQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+# --------------------------------------------------------------------------------------------
+# launch configuration: autotuned on GPU, one small fixed config under the CPU interpreter
+# --------------------------------------------------------------------------------------------
+def _cfg(b_r, b_c, warps, stages):
+    return triton.Config({"B_r": b_r, "B_c": b_c}, num_warps=warps, num_stages=stages)
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop tiles whose fp32 accumulators would spill at this head dim (d=256 keeps the
+    smallest tiles only); the autotuner also skips configs that overflow shared memory."""
+    max_tile = {16: 128 * 128, 32: 128 * 128, 64: 128 * 128, 128: 128 * 64, 256: 64 * 64}[kwargs["D"]]
+    kept = [c for c in configs if c.kwargs["B_r"] * c.kwargs["B_c"] <= max_tile]
+    return kept or [min(configs, key=lambda c: c.kwargs["B_r"] * c.kwargs["B_c"])]
+
+
+def _fixed_config(kernel, d):
+    """Launch parameters when not autotuning: the CPU interpreter's small tiles, or on GPU
+    rectangular tiles (B_r != B_c, so the correctness grid exercises the block arithmetic)."""
+    if INTERPRET:
+        return dict(B_r=16, B_c=16)
+    if d == 256:
+        return dict(B_r=64, B_c=32, num_warps=4, num_stages=2)
+    return {"fwd": dict(B_r=128, B_c=64, num_warps=4 if d <= 64 else 8, num_stages=3),
+            "dkdv": dict(B_r=32, B_c=128 if d <= 64 else 64, num_warps=4, num_stages=3),
+            "dq": dict(B_r=128 if d <= 64 else 64, B_c=32, num_warps=4, num_stages=3)}[kernel]
+
+
+# FLASH_AUTOTUNE=0 skips autotuning (the correctness grid compiles hundreds of variants).
+AUTOTUNE = not INTERPRET and os.environ.get("FLASH_AUTOTUNE", "1") != "0"
+_KEY = ["N_Q", "N_K", "D", "CAUSAL", "DROPOUT"]
+if AUTOTUNE:
+    _fwd = triton.autotune(
+        [_cfg(128, 64, 4, 3), _cfg(128, 64, 4, 4), _cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3),
+         _cfg(128, 128, 4, 3), _cfg(64, 64, 4, 3), _cfg(64, 64, 4, 2)],
+        key=_KEY, prune_configs_by={"early_config_prune": _prune})(flash2_fwd_kernel)
+    _dkdv = triton.autotune(
+        [_cfg(32, 128, 4, 3), _cfg(32, 128, 4, 5), _cfg(64, 128, 8, 3), _cfg(32, 64, 4, 3),
+         _cfg(64, 64, 4, 3), _cfg(16, 64, 4, 2)],
+        key=_KEY, prune_configs_by={"early_config_prune": _prune})(flash2_bwd_dkdv_kernel)
+    _dq = triton.autotune(
+        [_cfg(128, 32, 4, 3), _cfg(128, 32, 4, 5), _cfg(128, 64, 8, 3), _cfg(64, 32, 4, 3),
+         _cfg(64, 64, 4, 3), _cfg(64, 16, 4, 2)],
+        key=_KEY, prune_configs_by={"early_config_prune": _prune})(flash2_bwd_dq_kernel)
+else:
+    _fwd, _dkdv, _dq = flash2_fwd_kernel, flash2_bwd_dkdv_kernel, flash2_bwd_dq_kernel
+
+
+def _cfg_for(kernel, d):
+    return {} if AUTOTUNE else _fixed_config(kernel, d)
+
+
+def _grid_rows(n_rows, batch_heads):
+    return lambda meta: (batch_heads, triton.cdiv(n_rows, meta["B_r"]))
+
+
+def _grid_cols(n_cols, batch_heads):
+    return lambda meta: (batch_heads, triton.cdiv(n_cols, meta["B_c"]))
+
+
+# --------------------------------------------------------------------------------------------
+# torch ops: autograd and torch.compile see these as opaque ops with known output shapes
+# --------------------------------------------------------------------------------------------
+@torch.library.triton_op("gpt2flash::flash2_fwd", mutates_args={})
+def flash2_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seed: torch.Tensor,
+               causal: bool, dropout_p: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    B, N_q, H, D = q.shape
+    N_k = k.shape[1]
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty(B, H, N_q, device=q.device, dtype=torch.float32)
+    torch.library.wrap_triton(_fwd)[_grid_rows(N_q, B * H)](
+        q, k, v, o, lse, seed, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
+        H, N_q, N_k, scale * LOG2E, dropout_p,
+        CAUSAL=causal, DROPOUT=dropout_p > 0, D=D, **_cfg_for("fwd", D))
+    return o, lse
+
+
+@torch.library.triton_op("gpt2flash::flash2_bwd", mutates_args={})
+def flash2_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+               lse: torch.Tensor, dlse: torch.Tensor | None, seed: torch.Tensor, causal: bool,
+               dropout_p: float, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, N_q, H, D = q.shape
+    N_k = k.shape[1]
+    do = do if do.stride(-1) == 1 else do.contiguous()
+    dlse = None if dlse is None else dlse.contiguous()  # autograd may hand an expanded tensor
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    delta = torch.empty_like(lse)
+    torch.library.wrap_triton(flash2_bwd_preprocess_kernel)[(triton.cdiv(N_q, 64), B * H)](
+        o, do, dlse, delta, *o.stride()[:3], *do.stride()[:3], H, N_q,
+        HAS_DLSE=dlse is not None, D=D, B_r=64)
+    args = (q, k, v, do)
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
+    common = dict(CAUSAL=causal, DROPOUT=dropout_p > 0, D=D)
+    torch.library.wrap_triton(_dkdv)[_grid_cols(N_k, B * H)](
+        *args, dk, dv, lse, delta, seed, *strides, *dk.stride()[:3], *dv.stride()[:3],
+        H, N_q, N_k, scale * LOG2E, scale, dropout_p, **common, **_cfg_for("dkdv", D))
+    torch.library.wrap_triton(_dq)[_grid_rows(N_q, B * H)](
+        *args, dq, lse, delta, seed, *strides, *dq.stride()[:3],
+        H, N_q, N_k, scale * LOG2E, scale, dropout_p, **common, **_cfg_for("dq", D))
+    return dq, dk, dv
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, seed, causal, dropout_p, scale = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, seed)
+    ctx.causal, ctx.dropout_p, ctx.scale = causal, dropout_p, scale
+
+
+def _backward(ctx, do, dlse):
+    q, k, v, o, lse, seed = ctx.saved_tensors
+    dq, dk, dv = flash2_bwd(do, q, k, v, o, lse, dlse, seed, ctx.causal, ctx.dropout_p, ctx.scale)
+    return dq, dk, dv, None, None, None, None
+
+
+flash2_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def flash_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, return_lse=False, seed=None):
+    """FlashAttention-2. q: (B, N_q, H, d), k and v: (B, N_k, H, d), fp16 or bf16, d in
+    {16, 32, 64, 128, 256}. Returns O (B, N_q, H, d), and LSE (B, H, N_q) fp32 when
+    return_lse (differentiable too). `seed` (an int64 tensor of one element) fixes the dropout
+    mask; by default a fresh one is drawn from torch's generator."""
+    check_qkv(q, k, v, "flash", SUPPORTED_HEAD_DIMS, need_gpu=not INTERPRET)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if seed is None:
+        seed = new_seed(q.device) if dropout_p > 0 else torch.zeros(1, dtype=torch.int64, device=q.device)
+    o, lse = flash2_fwd(q, k, v, seed, bool(causal), float(dropout_p), scale)
+    return (o, lse) if return_lse else o

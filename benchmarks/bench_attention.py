@@ -1,0 +1,170 @@
+"""Attention kernel benchmark: ours (flash = FA2, flash1 = FA1) against torch SDPA pinned to
+its flash and cuDNN kernels, FlexAttention and naive attention, side by side in one run.
+
+Each shape keeps batch x N = tokens (16K by default). FLOPs count the two matmuls of the
+forward (4 B H N^2 d) and the five of the backward (2.5x), halved under causal masking. Times
+are medians of triton.testing.do_bench; memory is the peak allocated during one fwd+bwd
+above what the inputs already hold.
+
+    python benchmarks/bench_attention.py --out benchmarks/results/h100
+"""
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from attention import get_attention  # noqa: E402
+
+MODES = ("fwd", "bwd", "fwd+bwd")
+
+
+def flex_attention_fn():
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    compiled = torch.compile(flex_attention, dynamic=False)
+    masks = {}
+
+    def fn(q, k, v, causal=False, dropout_p=0.0, scale=None):
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        mask = None
+        if causal:
+            key = (q.shape[2], k.shape[2])
+            if key not in masks:
+                masks[key] = create_block_mask(lambda b, h, i, j: i >= j, None, None, *key, device=q.device)
+            mask = masks[key]
+        return compiled(q, k, v, block_mask=mask, scale=scale).transpose(1, 2)
+    return fn
+
+
+def providers(names):
+    table = {
+        "flash": lambda: get_attention("flash"),
+        "flash1": lambda: get_attention("flash1"),
+        "sdpa-flash": lambda: get_attention("sdpa", kernel="flash"),
+        "sdpa-cudnn": lambda: get_attention("sdpa", kernel="cudnn"),
+        "flex": flex_attention_fn,
+        "naive": lambda: get_attention("naive"),
+    }
+    return {n: table[n]() for n in names}
+
+
+def flops(batch, heads, n, d, causal, mode):
+    f = 4 * batch * heads * n * n * d * (0.5 if causal else 1.0)
+    return f * {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}[mode]
+
+
+def measure(fn, batch, heads, n, d, causal, dtype=torch.bfloat16):
+    q, k, v = (torch.randn(batch, n, heads, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    do = torch.randn(batch, n, heads, d, device="cuda", dtype=dtype)
+    fwd = lambda: fn(q, k, v, causal=causal)  # noqa: E731
+    o = fwd()
+    o.backward(do, retain_graph=True)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fwd().backward(do)
+    torch.cuda.synchronize()
+    mem = torch.cuda.max_memory_allocated() - base
+    t_fwd = triton.testing.do_bench(fwd, warmup=25, rep=100, return_mode="median")
+    t_bwd = triton.testing.do_bench(lambda: o.backward(do, retain_graph=True), warmup=25, rep=100,
+                                    grad_to_none=[q, k, v], return_mode="median")
+    t_all = triton.testing.do_bench(lambda: fwd().backward(do), warmup=25, rep=100,
+                                    grad_to_none=[q, k, v], return_mode="median")
+    return {"fwd": t_fwd, "bwd": t_bwd, "fwd+bwd": t_all}, mem
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--providers", default="flash,sdpa-flash,sdpa-cudnn,flex,naive,flash1")
+    ap.add_argument("--seqlens", default="512,1024,2048,4096,8192,16384")
+    ap.add_argument("--shapes", default="64x12,128x16", help="head_dim x heads, comma-separated")
+    ap.add_argument("--causal", default="1,0")
+    ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--naive-max-n", type=int, default=8192, help="naive's N x N scores get large")
+    ap.add_argument("--flash1-max-n", type=int, default=4096, help="FA1's batch x heads parallelism is slow")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    fns = providers(args.providers.split(","))
+    rows = []
+    for shape in args.shapes.split(","):
+        d, heads = map(int, shape.split("x"))
+        for causal in (c == "1" for c in args.causal.split(",")):
+            for n in map(int, args.seqlens.split(",")):
+                batch = max(1, args.tokens // n)
+                for name, fn in fns.items():
+                    if (name == "naive" and n > args.naive_max_n) or (name == "flash1" and n > args.flash1_max_n):
+                        continue
+                    t0 = time.time()
+                    try:
+                        times, mem = measure(fn, batch, heads, n, d, causal)
+                    except Exception as e:  # a provider that rejects a shape is reported, not fatal
+                        print(f"{name} d={d} causal={causal} N={n}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                        continue
+                    row = dict(provider=name, head_dim=d, heads=heads, causal=causal, seqlen=n, batch=batch,
+                               peak_mem_mb=mem / 2**20, **{f"ms_{m}": times[m] for m in MODES},
+                               **{f"tflops_{m}": flops(batch, heads, n, d, causal, m) / times[m] / 1e9 for m in MODES})
+                    rows.append(row)
+                    print(f"{name:11s} d={d:3d} causal={int(causal)} N={n:5d} B={batch:2d} "
+                          + " ".join(f"{m}={row['tflops_' + m]:6.1f}" for m in MODES)
+                          + f" TFLOP/s  mem={row['peak_mem_mb']:8.1f}MB  ({time.time() - t0:.0f}s)", flush=True)
+    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                python=platform.python_version(), date=time.strftime("%Y-%m-%d"), tokens=args.tokens,
+                dtype="bfloat16", command=" ".join(sys.argv))
+    print(ratio_table(rows))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "attention.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        (args.out / "attention.md").write_text(f"# Attention benchmark\n\n{json.dumps(meta)}\n\n" + ratio_table(rows) + "\n")
+        plot(rows, args.out / "attention.png")
+
+
+def ratio_table(rows, mode="fwd+bwd", against=("sdpa-flash", "sdpa-cudnn", "flex")):
+    """Markdown: our TFLOP/s per shape and the ratio ours / each baseline."""
+    index = {(r["provider"], r["head_dim"], r["causal"], r["seqlen"]): r for r in rows}
+    lines = [f"| d | causal | N | ours {mode} TFLOP/s | " + " | ".join(f"vs {a}" for a in against) + " | fwd vs sdpa-flash | bwd vs sdpa-flash |",
+             "|---|---|---|---|" + "---|" * (len(against) + 2)]
+    for (prov, d, causal, n), r in sorted(index.items(), key=lambda x: (x[0][1], not x[0][2], x[0][3])):
+        if prov != "flash":
+            continue
+        def ratio(other, m=mode):
+            o = index.get((other, d, causal, n))
+            return f"{r['tflops_' + m] / o['tflops_' + m]:.2f}x" if o else "-"
+        lines.append(f"| {d} | {int(causal)} | {n} | {r['tflops_' + mode]:.0f} | " + " | ".join(ratio(a) for a in against)
+                     + f" | {ratio('sdpa-flash', 'fwd')} | {ratio('sdpa-flash', 'bwd')} |")
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    combos = sorted({(r["head_dim"], r["causal"]) for r in rows})
+    fig, axes = plt.subplots(len(MODES), len(combos), figsize=(4.5 * len(combos), 3.2 * len(MODES)), squeeze=False)
+    for col, (d, causal) in enumerate(combos):
+        for row, mode in enumerate(MODES):
+            ax = axes[row][col]
+            for prov in dict.fromkeys(r["provider"] for r in rows):
+                pts = sorted((r["seqlen"], r["tflops_" + mode]) for r in rows
+                             if r["provider"] == prov and r["head_dim"] == d and r["causal"] == causal)
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=prov)
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"{mode}, d={d}, {'causal' if causal else 'non-causal'}", fontsize=9)
+            ax.set_xlabel("sequence length")
+            ax.set_ylabel("TFLOP/s")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
