@@ -1,0 +1,3 @@
+from model.gpt import GPT, GPTConfig, peak_flops
+
+__all__ = ["GPT", "GPTConfig", "peak_flops"]

@@ -1,0 +1,213 @@
+"""Train GPT-2 with a chosen attention backend.
+
+    python train.py attention=flash context=4096
+    python train.py model=gpt2-tiny data=owt-sample train.device=cpu train.max_steps=20
+    python train.py -m attention=naive,sdpa,flash        # a sweep, one run each
+
+Logs loss, perplexity, tokens/s, MFU and peak memory to wandb and to metrics.jsonl in the
+run directory; checkpoints there too (train.resume=true continues from the last one).
+"""
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from attention import BACKENDS
+from data.batches import check_length, eval_batches, random_batch, tokens
+from data.prepare import prepare
+from model import GPT, GPTConfig, peak_flops
+
+CKPT = "ckpt.pt"
+
+
+def build_model(cfg):
+    if cfg.attention.name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {cfg.attention.name!r}; available: {', '.join(BACKENDS)}")
+    m = cfg.model
+    return GPT(GPTConfig(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, context=cfg.context,
+                         dropout=m.dropout, attn_dropout=m.attn_dropout, attention=cfg.attention.name,
+                         attention_options=OmegaConf.to_container(cfg.attention.options)))
+
+
+def batch_shape(cfg):
+    """(sequences per micro-batch, micro-batches per step) from the token budgets."""
+    t = cfg.train
+    if t.micro_batch_tokens % cfg.context or t.batch_tokens % t.micro_batch_tokens:
+        raise ValueError(f"train.micro_batch_tokens ({t.micro_batch_tokens}) must be a multiple of context "
+                         f"({cfg.context}) and divide train.batch_tokens ({t.batch_tokens})")
+    return t.micro_batch_tokens // cfg.context, t.batch_tokens // t.micro_batch_tokens
+
+
+def lr_schedule(optimizer, t):
+    """Linear warmup, then cosine decay to min_lr at max_steps."""
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, t.max_steps - t.warmup_steps), eta_min=t.min_lr)
+    if t.warmup_steps == 0:
+        return decay
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / t.warmup_steps, total_iters=t.warmup_steps)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, decay], milestones=[t.warmup_steps])
+
+
+class Logger:
+    """The same metrics to wandb and to metrics.jsonl."""
+
+    def __init__(self, cfg, out_dir, run_id):
+        import wandb
+        mode = cfg.wandb.mode
+        if mode == "auto":
+            mode = os.environ.get("WANDB_MODE") or ("online" if wandb.api.api_key else "offline")
+        self.wandb = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
+                                name=cfg.wandb.name, config=OmegaConf.to_container(cfg, resolve=True),
+                                mode=mode, dir=str(out_dir), id=run_id, resume="allow")
+        self.file = open(out_dir / "metrics.jsonl", "a")
+
+    def log(self, metrics, step):
+        self.wandb.log(metrics, step=step)
+        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+        self.wandb.finish()
+
+
+def save_checkpoint(path, **state):
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a crash mid-write never leaves a broken checkpoint
+
+
+@torch.no_grad()
+def evaluate(model, data, micro_batch, context, device, autocast, max_tokens):
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in eval_batches(data, micro_batch, context, device, max_tokens):
+        with autocast:
+            _, loss = model(x, y)
+        total += loss.item() * y.numel()
+        count += y.numel()
+    model.train()
+    loss = total / count
+    return {"val/loss": loss, "val/ppl": math.exp(loss)}
+
+
+def train(cfg: DictConfig):
+    t = cfg.train
+    device = t.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu")
+    out_dir = Path(to_absolute_path(t.out_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    micro_batch, accum = batch_shape(cfg)
+    torch.manual_seed(t.seed)
+
+    data_cfg = cfg.data.copy()  # relative paths are relative to where train.py was started
+    data_cfg.cache_dir = to_absolute_path(os.path.expanduser(data_cfg.cache_dir))
+    if data_cfg.get("root"):
+        data_cfg.root = to_absolute_path(os.path.expanduser(data_cfg.root))
+    paths = prepare(data_cfg)
+    train_data, val_data = tokens(paths["train"]), tokens(paths["val"])
+    check_length(train_data, cfg.context, "train")
+    check_length(val_data, cfg.context, "val")
+
+    model = build_model(cfg).to(device)
+    optimizer = model.optimizer(t.lr, t.weight_decay, t.betas, "cuda" if device.startswith("cuda") else "cpu")
+    scheduler = lr_schedule(optimizer, t)
+    batch_gen = torch.Generator().manual_seed(t.seed)
+    step, run_id = 0, None
+    ckpt_path = out_dir / CKPT
+    if t.resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"train.resume=true but there is no checkpoint at {ckpt_path}")
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        batch_gen.set_state(ckpt["batch_rng"])
+        torch.set_rng_state(ckpt["cpu_rng"])
+        if ckpt.get("cuda_rng") is not None and device.startswith("cuda"):
+            torch.cuda.set_rng_state(ckpt["cuda_rng"])
+        step, run_id = ckpt["step"], ckpt["wandb_id"]
+        print(f"resumed from {ckpt_path} at step {step}")
+
+    on_cuda = device.startswith("cuda")
+    dtype = getattr(torch, t.dtype)
+    autocast = torch.autocast("cuda", dtype=dtype) if on_cuda and dtype != torch.float32 else nullcontext()
+    fwd = torch.compile(model) if t.compile else model
+    peak = peak_flops(torch.cuda.get_device_name()) if on_cuda else None
+    flops_per_token = model.flops_per_token(cfg.context)
+    logger = Logger(cfg, out_dir, run_id)
+    run_id = logger.wandb.id
+    print(f"{model.num_params():,} parameters | {cfg.attention.name} attention | context {cfg.context} | "
+          f"{micro_batch} x {cfg.context} tokens x {accum} micro-batches per step | run dir {out_dir}")
+
+    def checkpoint():
+        save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), step=step, batch_rng=batch_gen.get_state(),
+                        cpu_rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state() if on_cuda else None,
+                        config=OmegaConf.to_container(cfg, resolve=True), wandb_id=run_id)
+
+    model.train()
+    interval_start, interval_steps = time.perf_counter(), 0
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    while step < t.max_steps:
+        step_start = time.perf_counter()
+        loss_sum = 0.0
+        for _ in range(accum):
+            x, y = random_batch(train_data, micro_batch, cfg.context, batch_gen, device)
+            with autocast:
+                _, loss = fwd(x, y)
+            (loss / accum).backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        interval_steps += 1
+
+        if step % t.log_every == 0 or step == t.max_steps:
+            loss = (loss_sum / accum).item()  # syncs the device: the interval's time is real
+            now = time.perf_counter()
+            tokens_per_s = interval_steps * t.batch_tokens / (now - interval_start)
+            metrics = {"train/loss": loss, "train/ppl": math.exp(min(loss, 50)), "lr": lr,
+                       "grad_norm": grad_norm.item(), "tokens_per_s": tokens_per_s,
+                       "step_ms": 1000 * (now - step_start), "tokens_seen": step * t.batch_tokens}
+            if peak:
+                metrics["mfu"] = flops_per_token * tokens_per_s / peak
+            if on_cuda:
+                metrics["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+                torch.cuda.reset_peak_memory_stats()
+            logger.log(metrics, step)
+            print(f"step {step:6d} | loss {loss:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s"
+                  + (f" | mfu {metrics['mfu']:.1%}" if peak else "")
+                  + (f" | mem {metrics['peak_mem_gb']:.2f} GB" if on_cuda else ""), flush=True)
+            interval_start, interval_steps = time.perf_counter(), 0
+        if step % t.eval_every == 0 or step == t.max_steps:
+            metrics = evaluate(model, val_data, micro_batch, cfg.context, device, autocast, t.eval_tokens)
+            logger.log(metrics, step)
+            print(f"step {step:6d} | val loss {metrics['val/loss']:.4f} | val ppl {metrics['val/ppl']:.2f}", flush=True)
+            interval_start = time.perf_counter()  # evaluation time is not training throughput
+        if step % t.ckpt_every == 0 or step == t.max_steps:
+            checkpoint()
+    logger.close()
+    return model
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig):
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
