@@ -156,10 +156,11 @@ def train(cfg: DictConfig):
                         config=OmegaConf.to_container(cfg, resolve=True), wandb_id=run_id)
 
     model.train()
+    stop_at = t.max_steps if not t.steps_per_run else min(t.max_steps, step + t.steps_per_run)
     interval_start, interval_steps = time.perf_counter(), 0
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
-    while step < t.max_steps:
+    while step < stop_at:
         step_start = time.perf_counter()
         loss_sum = 0.0
         for _ in range(accum):
@@ -198,7 +199,7 @@ def train(cfg: DictConfig):
             logger.log(metrics, step)
             print(f"step {step:6d} | val loss {metrics['val/loss']:.4f} | val ppl {metrics['val/ppl']:.2f}", flush=True)
             interval_start = time.perf_counter()  # evaluation time is not training throughput
-        if step % t.ckpt_every == 0 or step == t.max_steps:
+        if step % t.ckpt_every == 0 or step == stop_at:
             checkpoint()
     logger.close()
     return model

@@ -18,9 +18,11 @@ def causal_mask(n_q, n_k, device):
 
 
 def attention_probs(q, k, causal=False, scale=None):
-    """softmax(scale * Q K^T) in fp32, shape (B, H, N_q, N_k). Rows that see no key are 0."""
+    """softmax(scale * Q K^T) in fp32 (fp64 for fp64 inputs), shape (B, H, N_q, N_k).
+    Rows that see no key are 0."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    s = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * scale
+    dt = torch.promote_types(q.dtype, torch.float32)
+    s = torch.einsum("bqhd,bkhd->bhqk", q.to(dt), k.to(dt)) * scale
     if causal:
         s = s.masked_fill(~causal_mask(q.shape[1], k.shape[1], q.device), float("-inf"))
     return torch.softmax(s, dim=-1).nan_to_num(0.0)

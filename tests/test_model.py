@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from model import GPT, GPTConfig, peak_flops
+
+
+def test_gpt2_small_parameter_count():
+    assert GPT(GPTConfig()).num_params() == 124_439_808
+
+
+def test_context_longer_than_positions_is_one_clear_error():
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, context=16, vocab_size=100))
+    with pytest.raises(ValueError, match="sequence length 17 exceeds the model's context of 16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_tied_embeddings_and_scaled_residual_init():
+    model = GPT(GPTConfig(n_layer=8, n_head=2, n_embd=64, vocab_size=1000))
+    assert model.lm_head.weight is model.transformer.wte.weight
+    std = model.transformer.h[0].attn.c_proj.weight.std().item()
+    assert abs(std - 0.02 / 4) < 0.002  # 0.02 / sqrt(2 * 8)
+
+
+def test_backends_give_the_same_model_output():
+    torch.manual_seed(0)
+    cfg = dict(n_layer=2, n_head=2, n_embd=32, context=24, vocab_size=100)
+    naive, sdpa = GPT(GPTConfig(attention="naive", **cfg)), GPT(GPTConfig(attention="sdpa", **cfg))
+    sdpa.load_state_dict(naive.state_dict())
+    idx = torch.randint(0, 100, (2, 24))
+    _, l1 = naive(idx, idx)
+    _, l2 = sdpa(idx, idx)
+    torch.testing.assert_close(l1, l2)
+
+
+def test_flops_and_peak_table():
+    model = GPT(GPTConfig())
+    n = model.num_params(non_embedding=True)
+    assert model.flops_per_token(1024) == 6 * n + 12 * 12 * 12 * 64 * 1024
+    assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops("NVIDIA H200") == 989e12
+    assert peak_flops("Some Future GPU") is None  # no made-up peak

@@ -1,0 +1,60 @@
+"""End to end on the CPU: gpt2-tiny on the OpenWebText sample through train.py."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["experiment=smoke", "train.batch_tokens=1024", "train.micro_batch_tokens=512", "context=64",
+         "train.log_every=1", "train.eval_tokens=4096", "wandb.mode=offline"]
+
+
+def run(tmp_path, *overrides):
+    cmd = [sys.executable, "train.py", *SMALL, f"hydra.run.dir={tmp_path / 'run'}",
+           f"data.cache_dir={tmp_path / 'cache'}", *overrides]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def metrics(tmp_path):
+    return [json.loads(l) for l in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_checkpoint_resume(tmp_path, shared_data):
+    r = run(tmp_path, "train.max_steps=30", "train.ckpt_every=20", "train.eval_every=15")
+    assert r.returncode == 0, r.stderr[-3000:]
+    full = {m["step"]: m for m in metrics(tmp_path) if "train/loss" in m}
+    assert full[30]["train/loss"] < full[1]["train/loss"] - 1.0  # it learns
+    for key in ("train/loss", "train/ppl", "lr", "grad_norm", "tokens_per_s", "step_ms", "tokens_seen"):
+        assert key in full[30]
+    evals = [m for m in metrics(tmp_path) if "val/loss" in m]
+    assert [m["step"] for m in evals] == [15, 30] and "val/ppl" in evals[0]
+    assert (tmp_path / "run/ckpt.pt").is_file()
+    runs = list((tmp_path / "run/wandb").glob("offline-run-*"))
+    assert runs and list(runs[0].glob("*.wandb"))
+
+    # The same run stopped at step 20, then resumed: steps 21..30 repeat the losses exactly.
+    (tmp_path / "run/metrics.jsonl").unlink()
+    (tmp_path / "run/ckpt.pt").unlink()
+    assert run(tmp_path, "train.max_steps=30", "train.steps_per_run=20", "train.eval_every=15").returncode == 0
+    r = run(tmp_path, "train.max_steps=30", "train.ckpt_every=20", "train.eval_every=15", "train.resume=true")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stdout and "at step 20" in r.stdout
+    resumed = {m["step"]: m for m in metrics(tmp_path) if "train/loss" in m}
+    for step in range(21, 31):
+        assert resumed[step]["train/loss"] == full[step]["train/loss"], step
+
+
+@pytest.mark.parametrize("override,message", [
+    ("attention.name=fast", "unknown attention backend 'fast'"),
+    ("data.train_files=missing/*.jsonl", "no data file matches"),
+    ("train.resume=true", "no checkpoint at"),
+    ("train.micro_batch_tokens=100", "must be a multiple of context"),
+])
+def test_bad_input_is_one_clear_error(tmp_path, shared_data, override, message):
+    r = run(tmp_path, "train.max_steps=1", override)
+    assert r.returncode != 0
+    assert message in r.stderr
+    assert r.stderr.count("Error") <= 3  # one message, not a cascade
