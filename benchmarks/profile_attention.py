@@ -1,0 +1,57 @@
+"""Where the time goes in one fwd+bwd: GPU kernel times (torch.profiler) per provider, and
+the host-side cost per call on a problem too small to hide it.
+
+    python benchmarks/profile_attention.py --seqlen 1024 --head-dim 64 --heads 12
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_attention import providers  # noqa: E402
+
+
+def host_us_per_call(fn, n=200):
+    q, k, v = (torch.randn(1, 128, 1, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    for _ in range(10):
+        fn(q, k, v, causal=True).sum().backward()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn(q, k, v, causal=True).backward(torch.ones(1, 128, 1, 64, device="cuda", dtype=torch.bfloat16))
+    torch.cuda.synchronize()
+    return 1e6 * (time.perf_counter() - t) / n
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--providers", default="flash,sdpa-flash,sdpa-cudnn")
+    ap.add_argument("--seqlen", type=int, default=1024)
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--causal", type=int, default=1)
+    args = ap.parse_args()
+    b, n = max(1, args.tokens // args.seqlen), args.seqlen
+    for name, fn in providers(args.providers.split(",")).items():
+        q, k, v = (torch.randn(b, n, args.heads, args.head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                   for _ in range(3))
+        do = torch.randn_like(q)
+        for _ in range(5):
+            fn(q, k, v, causal=bool(args.causal)).backward(do)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                fn(q, k, v, causal=bool(args.causal)).backward(do)
+            torch.cuda.synchronize()
+        print(f"== {name}: B={b} N={n} H={args.heads} d={args.head_dim} causal={args.causal}; "
+              f"host cost per tiny fwd+bwd: {host_us_per_call(fn):.0f} us")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
