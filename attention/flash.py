@@ -357,12 +357,10 @@ def _cfg(b_r, b_c, warps, stages):
     return triton.Config({"B_r": b_r, "B_c": b_c}, num_warps=warps, num_stages=stages)
 
 
-def _prune(configs, named_args, **kwargs):
-    """Drop tiles whose fp32 accumulators would spill at this head dim (d=256 keeps the
-    smallest tiles only); the autotuner also skips configs that overflow shared memory."""
-    max_tile = {16: 128 * 128, 32: 128 * 128, 64: 128 * 128, 128: 128 * 64, 256: 64 * 64}[kwargs["D"]]
-    kept = [c for c in configs if c.kwargs["B_r"] * c.kwargs["B_c"] <= max_tile]
-    return kept or [min(configs, key=lambda c: c.kwargs["B_r"] * c.kwargs["B_c"])]
+def _fits(cfg, d):
+    """Tiles whose fp32 accumulators fit in registers at head dim d."""
+    max_tile = {16: 128 * 128, 32: 128 * 128, 64: 128 * 128, 128: 128 * 64, 256: 64 * 64}[d]
+    return cfg.kwargs["B_r"] * cfg.kwargs["B_c"] <= max_tile
 
 
 def _fixed_config(kernel, d):
@@ -379,26 +377,27 @@ def _fixed_config(kernel, d):
 
 # FLASH_AUTOTUNE=0 skips autotuning (the correctness grid compiles hundreds of variants).
 AUTOTUNE = not INTERPRET and os.environ.get("FLASH_AUTOTUNE", "1") != "0"
-_KEY = ["N_Q", "N_K", "D", "CAUSAL", "DROPOUT"]
-if AUTOTUNE:
-    _fwd = triton.autotune(
-        [_cfg(128, 64, 4, 3), _cfg(128, 64, 4, 4), _cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3),
-         _cfg(128, 128, 4, 3), _cfg(64, 64, 4, 3), _cfg(64, 64, 4, 2)],
-        key=_KEY, prune_configs_by={"early_config_prune": _prune})(flash2_fwd_kernel)
-    _dkdv = triton.autotune(
-        [_cfg(32, 128, 4, 3), _cfg(32, 128, 4, 5), _cfg(64, 128, 8, 3), _cfg(32, 64, 4, 3),
-         _cfg(64, 64, 4, 3), _cfg(16, 64, 4, 2)],
-        key=_KEY, prune_configs_by={"early_config_prune": _prune})(flash2_bwd_dkdv_kernel)
-    _dq = triton.autotune(
-        [_cfg(128, 32, 4, 3), _cfg(128, 32, 4, 5), _cfg(128, 64, 8, 3), _cfg(64, 32, 4, 3),
-         _cfg(64, 64, 4, 3), _cfg(64, 16, 4, 2)],
-        key=_KEY, prune_configs_by={"early_config_prune": _prune})(flash2_bwd_dq_kernel)
-else:
-    _fwd, _dkdv, _dq = flash2_fwd_kernel, flash2_bwd_dkdv_kernel, flash2_bwd_dq_kernel
+CONFIGS = {
+    "fwd": [_cfg(128, 64, 4, 3), _cfg(128, 64, 4, 4), _cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3),
+            _cfg(128, 128, 4, 3), _cfg(64, 64, 4, 3), _cfg(64, 64, 4, 2), _cfg(64, 32, 4, 2)],
+    "dkdv": [_cfg(32, 128, 4, 3), _cfg(32, 128, 4, 5), _cfg(64, 128, 8, 3), _cfg(32, 64, 4, 3),
+             _cfg(64, 64, 4, 3), _cfg(16, 64, 4, 2), _cfg(32, 32, 4, 2)],
+    "dq": [_cfg(128, 32, 4, 3), _cfg(128, 32, 4, 5), _cfg(128, 64, 8, 3), _cfg(64, 32, 4, 3),
+           _cfg(64, 64, 4, 3), _cfg(64, 16, 4, 2), _cfg(32, 32, 4, 2)],
+}
+KERNELS = {"fwd": flash2_fwd_kernel, "dkdv": flash2_bwd_dkdv_kernel, "dq": flash2_bwd_dq_kernel}
+_tuned = {}
 
 
-def _cfg_for(kernel, d):
-    return {} if AUTOTUNE else _fixed_config(kernel, d)
+def _kernel(name, d):
+    """The kernel to launch and its fixed launch parameters: with autotuning, one autotuner per
+    head dim over the configs that fit it (a plain config list, which Inductor can also read)."""
+    if not AUTOTUNE:
+        return KERNELS[name], _fixed_config(name, d)
+    if (name, d) not in _tuned:
+        configs = [c for c in CONFIGS[name] if _fits(c, d)]
+        _tuned[name, d] = triton.autotune(configs, key=["N_Q", "N_K", "CAUSAL", "DROPOUT"])(KERNELS[name])
+    return _tuned[name, d], {}
 
 
 def _grid_rows(n_rows, batch_heads):
@@ -412,22 +411,21 @@ def _grid_cols(n_cols, batch_heads):
 # --------------------------------------------------------------------------------------------
 # torch ops: autograd and torch.compile see these as opaque ops with known output shapes
 # --------------------------------------------------------------------------------------------
-@torch.library.triton_op("gpt2flash::flash2_fwd", mutates_args={})
-def flash2_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seed: torch.Tensor,
+def _flash2_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seed: torch.Tensor,
                causal: bool, dropout_p: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, N_q, device=q.device, dtype=torch.float32)
-    torch.library.wrap_triton(_fwd)[_grid_rows(N_q, B * H)](
+    kernel, launch = _kernel("fwd", D)
+    torch.library.wrap_triton(kernel)[_grid_rows(N_q, B * H)](
         q, k, v, o, lse, seed, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         H, N_q, N_k, scale * LOG2E, dropout_p,
-        CAUSAL=causal, DROPOUT=dropout_p > 0, D=D, **_cfg_for("fwd", D))
+        CAUSAL=causal, DROPOUT=dropout_p > 0, D=D, **launch)
     return o, lse
 
 
-@torch.library.triton_op("gpt2flash::flash2_bwd", mutates_args={})
-def flash2_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+def _flash2_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
                lse: torch.Tensor, dlse: torch.Tensor | None, seed: torch.Tensor, causal: bool,
                dropout_p: float, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, N_q, H, D = q.shape
@@ -439,18 +437,28 @@ def flash2_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     delta = torch.empty_like(lse)
     torch.library.wrap_triton(flash2_bwd_preprocess_kernel)[(triton.cdiv(N_q, 64), B * H)](
-        o, do, dlse, delta, *o.stride()[:3], *do.stride()[:3], H, N_q,
-        HAS_DLSE=dlse is not None, D=D, B_r=64)
+        o, do, lse if dlse is None else dlse, delta, *o.stride()[:3], *do.stride()[:3], H, N_q,
+        HAS_DLSE=dlse is not None, D=D, B_r=64)  # a real pointer even when unused
     args = (q, k, v, do)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
     common = dict(CAUSAL=causal, DROPOUT=dropout_p > 0, D=D)
-    torch.library.wrap_triton(_dkdv)[_grid_cols(N_k, B * H)](
+    kernel, launch = _kernel("dkdv", D)
+    torch.library.wrap_triton(kernel)[_grid_cols(N_k, B * H)](
         *args, dk, dv, lse, delta, seed, *strides, *dk.stride()[:3], *dv.stride()[:3],
-        H, N_q, N_k, scale * LOG2E, scale, dropout_p, **common, **_cfg_for("dkdv", D))
-    torch.library.wrap_triton(_dq)[_grid_rows(N_q, B * H)](
+        H, N_q, N_k, scale * LOG2E, scale, dropout_p, **common, **launch)
+    kernel, launch = _kernel("dq", D)
+    torch.library.wrap_triton(kernel)[_grid_rows(N_q, B * H)](
         *args, dq, lse, delta, seed, *strides, *dq.stride()[:3],
-        H, N_q, N_k, scale * LOG2E, scale, dropout_p, **common, **_cfg_for("dq", D))
+        H, N_q, N_k, scale * LOG2E, scale, dropout_p, **common, **launch)
     return dq, dk, dv
+
+
+# Two routes to the same launch functions. torch.compile sees custom ops with registered
+# autograd (traced through, no graph break); eager calls take a plain autograd.Function,
+# because the custom-op dispatcher costs more host time per call than the kernels take at
+# GPT-2 sizes (profiled on the H100: benchmarks/results/h100/notes.md).
+flash2_fwd = torch.library.triton_op("gpt2flash::flash2_fwd", _flash2_fwd, mutates_args={})
+flash2_bwd = torch.library.triton_op("gpt2flash::flash2_bwd", _flash2_bwd, mutates_args={})
 
 
 def _setup_context(ctx, inputs, output):
@@ -469,6 +477,34 @@ def _backward(ctx, do, dlse):
 flash2_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _Flash2(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, seed, causal, dropout_p, scale):
+        ctx.set_materialize_grads(False)  # an unused LSE brings no zero-filled gradient
+        o, lse = _flash2_fwd(q, k, v, seed, causal, dropout_p, scale)
+        ctx.save_for_backward(q, k, v, o, lse, seed)
+        ctx.causal, ctx.dropout_p, ctx.scale = causal, dropout_p, scale
+        ctx.mark_non_differentiable(seed)
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, dlse):
+        q, k, v, o, lse, seed = ctx.saved_tensors
+        do = torch.zeros_like(o) if do is None else do  # only LSE was used
+        dq, dk, dv = _flash2_bwd(do, q, k, v, o, lse, dlse, seed, ctx.causal, ctx.dropout_p, ctx.scale)
+        return dq, dk, dv, None, None, None, None
+
+
+_ZERO_SEEDS = {}
+
+
+def zero_seed(device):
+    """A cached int64 zero (the seed argument when dropout is off: no allocation per call)."""
+    if device not in _ZERO_SEEDS:
+        _ZERO_SEEDS[device] = torch.zeros(1, dtype=torch.int64, device=device)
+    return _ZERO_SEEDS[device]
+
+
 def flash_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, return_lse=False, seed=None):
     """FlashAttention-2. q: (B, N_q, H, d), k and v: (B, N_k, H, d), fp16 or bf16, d in
     {16, 32, 64, 128, 256}. Returns O (B, N_q, H, d), and LSE (B, H, N_q) fp32 when
@@ -478,6 +514,7 @@ def flash_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, return_lse
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if seed is None:
-        seed = new_seed(q.device) if dropout_p > 0 else torch.zeros(1, dtype=torch.int64, device=q.device)
-    o, lse = flash2_fwd(q, k, v, seed, bool(causal), float(dropout_p), scale)
+        seed = new_seed(q.device) if dropout_p > 0 else zero_seed(q.device)
+    op = flash2_fwd if torch.compiler.is_compiling() else _Flash2.apply
+    o, lse = op(q, k, v, seed, bool(causal), float(dropout_p), scale)
     return (o, lse) if return_lse else o

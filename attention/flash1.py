@@ -177,7 +177,7 @@ def flash1_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty_like(l)
     torch.library.wrap_triton(flash2_bwd_preprocess_kernel)[(triton.cdiv(N_q, 64), B * H)](
-        o, do, None, delta, *o.stride()[:3], *do.stride()[:3], H, N_q, HAS_DLSE=False, D=D, B_r=64)
+        o, do, l, delta, *o.stride()[:3], *do.stride()[:3], H, N_q, HAS_DLSE=False, D=D, B_r=64)
     torch.library.wrap_triton(flash1_bwd_kernel)[(B * H,)](
         q, k, v, do, dq32, dk, dv, l, m, delta, seed,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],

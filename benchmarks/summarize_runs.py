@@ -12,7 +12,8 @@ def load(run):
 
 
 def main(runs):
-    loaded = {Path(r).name: load(r) for r in runs if (Path(r) / "metrics.jsonl").is_file()}
+    loaded = {Path(r).name: load(r) for r in runs
+              if (Path(r) / "metrics.jsonl").is_file() and (Path(r) / "metrics.jsonl").stat().st_size}
     base_name, (base, _) = next(iter(loaded.items()))
     print("| run | tokens/s (median) | MFU | peak mem GB | final train loss | val loss (last) | max abs loss diff vs "
           f"{base_name} |\n|---|---|---|---|---|---|---|")

@@ -19,7 +19,7 @@ import torch
 
 from attention import get_attention
 from attention.naive import naive_attention
-from tests.conftest import GPU, triton_device
+from tests.conftest import GPU, gpu_only, triton_device
 
 pytestmark = triton_device
 DEVICE = "cuda" if GPU else "cpu"
@@ -125,3 +125,17 @@ def test_bad_inputs_raise_one_clear_error(backend):
         fn(bad_d, bad_d, bad_d)
     with pytest.raises(ValueError, match="shapes do not match"):
         fn(ok, ok[:, :, :, :8], ok)
+
+
+@gpu_only
+def test_torch_compile_traces_through_without_graph_break():
+    from attention.flash import flash_attention
+    q, k, v = (torch.randn(2, 300, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    fn = lambda q, k, v: flash_attention(q, k, v, causal=True)  # noqa: E731
+    compiled = torch.compile(fn, fullgraph=True)  # fullgraph: a graph break is an error
+    o, o_ref = compiled(q, k, v), fn(q, k, v)
+    torch.testing.assert_close(o, o_ref, rtol=0, atol=0)
+    g = torch.autograd.grad(o.float().sum(), (q, k, v))
+    g_ref = torch.autograd.grad(o_ref.float().sum(), (q, k, v))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
