@@ -87,6 +87,13 @@ def new_seed(device) -> torch.Tensor:
 
 
 @triton.jit
+def _fp32(x):
+    """Scalar arguments as fp32: Inductor passes Python floats as fp64, which would otherwise
+    promote the fp32 accumulators."""
+    return tl.cast(x, tl.float32)
+
+
+@triton.jit
 def _block_index(CAUSAL: tl.constexpr):
     """Row-block index of this program. Grids are (batch*heads, blocks) so one wave holds the
     same block of every head; under causal masking the last blocks do the most work, so
@@ -144,6 +151,7 @@ def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr,
     i = _block_index(CAUSAL)
     b = bh // H
     h = bh % H
+    qk_scale, dropout_p = _fp32(qk_scale), _fp32(dropout_p)
     offs_m = i * B_r + tl.arange(0, B_r)
     offs_n = tl.arange(0, B_c)
     offs_d = tl.arange(0, D)
@@ -252,6 +260,7 @@ def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr,
     j = tl.program_id(1)  # low j sees the most queries under causal: natural order is longest-first
     b = bh // H
     h = bh % H
+    qk_scale, sm_scale, dropout_p = _fp32(qk_scale), _fp32(sm_scale), _fp32(dropout_p)
     offs_n = j * B_c + tl.arange(0, B_c)
     offs_d = tl.arange(0, D)
     col_ok = offs_n[:, None] < N_K
@@ -323,6 +332,7 @@ def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr,
     offs_m = i * B_r + tl.arange(0, B_r)
     offs_n = tl.arange(0, B_c)
     offs_d = tl.arange(0, D)
+    qk_scale, sm_scale, dropout_p = _fp32(qk_scale), _fp32(sm_scale), _fp32(dropout_p)
     row_ok = offs_m < N_Q
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     do = tl.load(dO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :], mask=row_ok[:, None], other=0.0)
@@ -411,23 +421,24 @@ def _grid_cols(n_cols, batch_heads):
 # --------------------------------------------------------------------------------------------
 # torch ops: autograd and torch.compile see these as opaque ops with known output shapes
 # --------------------------------------------------------------------------------------------
-def _flash2_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seed: torch.Tensor,
-               causal: bool, dropout_p: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _direct(kernel):
+    return kernel
+
+
+def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, launch=_direct):
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, N_q, device=q.device, dtype=torch.float32)
-    kernel, launch = _kernel("fwd", D)
-    torch.library.wrap_triton(kernel)[_grid_rows(N_q, B * H)](
+    kernel, tiles = _kernel("fwd", D)
+    launch(kernel)[_grid_rows(N_q, B * H)](
         q, k, v, o, lse, seed, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         H, N_q, N_k, scale * LOG2E, dropout_p,
-        CAUSAL=causal, DROPOUT=dropout_p > 0, D=D, **launch)
+        CAUSAL=causal, DROPOUT=dropout_p > 0, D=D, **tiles)
     return o, lse
 
 
-def _flash2_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
-               lse: torch.Tensor, dlse: torch.Tensor | None, seed: torch.Tensor, causal: bool,
-               dropout_p: float, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, launch=_direct):
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
     do = do if do.stride(-1) == 1 else do.contiguous()
@@ -436,20 +447,20 @@ def _flash2_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     delta = torch.empty_like(lse)
-    torch.library.wrap_triton(flash2_bwd_preprocess_kernel)[(triton.cdiv(N_q, 64), B * H)](
+    launch(flash2_bwd_preprocess_kernel)[(triton.cdiv(N_q, 64), B * H)](
         o, do, lse if dlse is None else dlse, delta, *o.stride()[:3], *do.stride()[:3], H, N_q,
         HAS_DLSE=dlse is not None, D=D, B_r=64)  # a real pointer even when unused
     args = (q, k, v, do)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
     common = dict(CAUSAL=causal, DROPOUT=dropout_p > 0, D=D)
-    kernel, launch = _kernel("dkdv", D)
-    torch.library.wrap_triton(kernel)[_grid_cols(N_k, B * H)](
+    kernel, tiles = _kernel("dkdv", D)
+    launch(kernel)[_grid_cols(N_k, B * H)](
         *args, dk, dv, lse, delta, seed, *strides, *dk.stride()[:3], *dv.stride()[:3],
-        H, N_q, N_k, scale * LOG2E, scale, dropout_p, **common, **launch)
-    kernel, launch = _kernel("dq", D)
-    torch.library.wrap_triton(kernel)[_grid_rows(N_q, B * H)](
+        H, N_q, N_k, scale * LOG2E, scale, dropout_p, **common, **tiles)
+    kernel, tiles = _kernel("dq", D)
+    launch(kernel)[_grid_rows(N_q, B * H)](
         *args, dq, lse, delta, seed, *strides, *dq.stride()[:3],
-        H, N_q, N_k, scale * LOG2E, scale, dropout_p, **common, **launch)
+        H, N_q, N_k, scale * LOG2E, scale, dropout_p, **common, **tiles)
     return dq, dk, dv
 
 
@@ -457,8 +468,18 @@ def _flash2_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
 # autograd (traced through, no graph break); eager calls take a plain autograd.Function,
 # because the custom-op dispatcher costs more host time per call than the kernels take at
 # GPT-2 sizes (profiled on the H100: benchmarks/results/h100/notes.md).
-flash2_fwd = torch.library.triton_op("gpt2flash::flash2_fwd", _flash2_fwd, mutates_args={})
-flash2_bwd = torch.library.triton_op("gpt2flash::flash2_bwd", _flash2_bwd, mutates_args={})
+# (Outside a triton_op, wrap_triton would re-analyse the kernel on every launch.)
+@torch.library.triton_op("gpt2flash::flash2_fwd", mutates_args={})
+def flash2_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seed: torch.Tensor, causal: bool,
+               dropout_p: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, launch=torch.library.wrap_triton)
+
+
+@torch.library.triton_op("gpt2flash::flash2_bwd", mutates_args={})
+def flash2_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+               lse: torch.Tensor, dlse: torch.Tensor | None, seed: torch.Tensor, causal: bool,
+               dropout_p: float, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, launch=torch.library.wrap_triton)
 
 
 def _setup_context(ctx, inputs, output):

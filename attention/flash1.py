@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from attention.checks import check_qkv
-from attention.flash import INTERPRET, LOG2E, dropout_keep, flash2_bwd_preprocess_kernel, new_seed
+from attention.flash import INTERPRET, LOG2E, _fp32, dropout_keep, flash2_bwd_preprocess_kernel, new_seed
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
@@ -60,6 +60,7 @@ def flash1_fwd_kernel(Q, K, V, O, L, M, seed_ptr,
     bh = tl.program_id(0)
     b = bh // H
     h = bh % H
+    qk_scale, dropout_p = _fp32(qk_scale), _fp32(dropout_p)
     offs_d = tl.arange(0, D)
     seed = tl.load(seed_ptr)
     shift = N_K - N_Q
@@ -108,6 +109,7 @@ def flash1_bwd_kernel(Q, K, V, dO, dQ, dK, dV, L, M, Delta, seed_ptr,
     bh = tl.program_id(0)
     b = bh // H
     h = bh % H
+    qk_scale, sm_scale, dropout_p = _fp32(qk_scale), _fp32(sm_scale), _fp32(dropout_p)
     offs_d = tl.arange(0, D)
     seed = tl.load(seed_ptr)
     shift = N_K - N_Q
