@@ -23,7 +23,7 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attention import get_attention  # noqa: E402
 
-MODES = ("fwd", "bwd", "fwd+bwd", "graph")  # graph: fwd+bwd replayed from a CUDA graph (no host cost)
+MODES = ("fwd", "bwd", "fwd+bwd")
 
 
 def flex_attention_fn():
@@ -58,7 +58,7 @@ def providers(names):
 
 def flops(batch, heads, n, d, causal, mode):
     f = 4 * batch * heads * n * n * d * (0.5 if causal else 1.0)
-    return f * {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5, "graph": 3.5}[mode]
+    return f * {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}[mode]
 
 
 def measure(fn, batch, heads, n, d, causal, dtype=torch.bfloat16):
@@ -78,28 +78,7 @@ def measure(fn, batch, heads, n, d, causal, dtype=torch.bfloat16):
                                     grad_to_none=[q, k, v], return_mode="median")
     t_all = triton.testing.do_bench(lambda: fwd().backward(do), warmup=25, rep=100,
                                     grad_to_none=[q, k, v], return_mode="median")
-    return {"fwd": t_fwd, "bwd": t_bwd, "fwd+bwd": t_all, "graph": graphed(fwd, do, (q, k, v))}, mem
-
-
-def graphed(fwd, do, inputs):
-    """fwd+bwd time from CUDA-graph replays: the GPU's time alone, with every provider's
-    host-side dispatch cost (Python or C++) taken out."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fwd().backward(do)
-    torch.cuda.current_stream().wait_stream(stream)
-    for t in inputs:
-        t.grad = None
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph):
-            fwd().backward(do)
-    except Exception as e:
-        print(f"  (not capturable: {type(e).__name__}: {str(e)[:120]})")
-        return float("nan")
-    return triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
+    return {"fwd": t_fwd, "bwd": t_bwd, "fwd+bwd": t_all}, mem
 
 
 def main():
@@ -149,12 +128,10 @@ def main():
 
 
 def ratio_table(rows, mode="fwd+bwd", against=("sdpa-flash", "sdpa-cudnn", "flex")):
-    """Markdown: our TFLOP/s per shape and the ratio ours / each baseline, eager calls
-    (host cost included) and CUDA-graph replays (GPU time only)."""
+    """Markdown: our TFLOP/s per shape and the ratio ours / each baseline."""
     index = {(r["provider"], r["head_dim"], r["causal"], r["seqlen"]): r for r in rows}
-    lines = [f"| d | causal | N | ours {mode} TFLOP/s | " + " | ".join(f"vs {a}" for a in against)
-             + " | fwd vs sdpa-flash | bwd vs sdpa-flash | ours graph TFLOP/s | graph vs sdpa-flash | graph vs sdpa-cudnn |",
-             "|---|---|---|---|" + "---|" * (len(against) + 5)]
+    lines = [f"| d | causal | N | ours {mode} TFLOP/s | " + " | ".join(f"vs {a}" for a in against) + " | fwd vs sdpa-flash | bwd vs sdpa-flash |",
+             "|---|---|---|---|" + "---|" * (len(against) + 2)]
     for (prov, d, causal, n), r in sorted(index.items(), key=lambda x: (x[0][1], not x[0][2], x[0][3])):
         if prov != "flash":
             continue
@@ -162,8 +139,7 @@ def ratio_table(rows, mode="fwd+bwd", against=("sdpa-flash", "sdpa-cudnn", "flex
             o = index.get((other, d, causal, n))
             return f"{r['tflops_' + m] / o['tflops_' + m]:.2f}x" if o else "-"
         lines.append(f"| {d} | {int(causal)} | {n} | {r['tflops_' + mode]:.0f} | " + " | ".join(ratio(a) for a in against)
-                     + f" | {ratio('sdpa-flash', 'fwd')} | {ratio('sdpa-flash', 'bwd')} | {r['tflops_graph']:.0f}"
-                     + f" | {ratio('sdpa-flash', 'graph')} | {ratio('sdpa-cudnn', 'graph')} |")
+                     + f" | {ratio('sdpa-flash', 'fwd')} | {ratio('sdpa-flash', 'bwd')} |")
     return "\n".join(lines)
 
 
