@@ -6,6 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+# Without a GPU, our Triton kernels run in Triton's CPU interpreter (small shapes, slow).
+# Set before any test imports the kernels: triton.jit reads it at decoration time.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GPT2FLASH_SHARED", ROOT.parent / "shared"))
 BPE_CACHE = SHARED / "data" / "gpt2-bpe" / "tiktoken_cache"
