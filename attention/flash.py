@@ -103,6 +103,24 @@ def _block_index(CAUSAL: tl.constexpr):
     return tl.program_id(1)
 
 
+@triton.jit
+def _key_range(i, N_Q, N_K, CAUSAL: tl.constexpr, MASK_EDGE: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr):
+    """Key columns Q block i visits: [0, unmasked_end) are visible to all its rows (no mask),
+    [unmasked_end, end) cross the diagonal or the ragged end of K (masked). MASK_EDGE=False
+    when zero-loaded K/V rows past N_K are harmless (the dQ pass)."""
+    shift = N_K - N_Q
+    if CAUSAL:
+        end = tl.minimum(tl.maximum((i + 1) * B_r + shift, 0), N_K)
+        unmasked_end = tl.minimum(tl.maximum(i * B_r + shift + 1, 0), N_K) // B_c * B_c
+    elif MASK_EDGE:
+        end = N_K
+        unmasked_end = N_K // B_c * B_c
+    else:
+        end = N_K
+        unmasked_end = N_K
+    return unmasked_end, end
+
+
 # --------------------------------------------------------------------------------------------
 # forward
 # --------------------------------------------------------------------------------------------
@@ -165,14 +183,8 @@ def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr,
     l_i = tl.zeros([B_r], dtype=tl.float32)
     acc = tl.zeros([B_r, D], dtype=tl.float32)
 
-    # Key columns [0, unmasked_end) are visible to every row of this block: no mask there.
     shift = N_K - N_Q
-    if CAUSAL:
-        end = tl.minimum(tl.maximum((i + 1) * B_r + shift, 0), N_K)
-        unmasked_end = tl.minimum(tl.maximum(i * B_r + shift + 1, 0), N_K) // B_c * B_c
-    else:
-        end = N_K
-        unmasked_end = N_K // B_c * B_c
+    unmasked_end, end = _key_range(i, N_Q, N_K, CAUSAL, True, B_r, B_c)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
                                0, unmasked_end, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
                                qk_scale, dropout_p, False, CAUSAL, DROPOUT, B_c)
@@ -344,12 +356,7 @@ def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr,
     dq = tl.zeros([B_r, D], dtype=tl.float32)
 
     shift = N_K - N_Q
-    if CAUSAL:
-        end = tl.minimum(tl.maximum((i + 1) * B_r + shift, 0), N_K)
-        unmasked_end = tl.minimum(tl.maximum(i * B_r + shift + 1, 0), N_K) // B_c * B_c
-    else:
-        end = N_K
-        unmasked_end = N_K
+    unmasked_end, end = _key_range(i, N_Q, N_K, CAUSAL, False, B_r, B_c)
     dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, 0, unmasked_end,
                        offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p,
                        False, DROPOUT, B_c)
