@@ -58,3 +58,17 @@ def test_bad_input_is_one_clear_error(tmp_path, shared_data, override, message):
     assert r.returncode != 0
     assert message in r.stderr
     assert r.stderr.count("Error") <= 3  # one message, not a cascade
+
+
+def test_multirun_sweep_over_backends(tmp_path, shared_data):
+    cmd = [sys.executable, "train.py", "-m", *SMALL, "attention=naive,sdpa", "train.max_steps=2",
+           "train.eval_every=2", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"data.cache_dir={tmp_path / 'cache'}"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    losses = {}
+    for name in ("naive", "sdpa"):
+        run_dir = next((tmp_path / "sweep").glob(f"gpt2-tiny-{name}-ctx64-*"))
+        rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [m["train/loss"] for m in rows if "train/loss" in m]
+    assert len(losses["naive"]) == 2
+    assert losses["naive"] == pytest.approx(losses["sdpa"], rel=1e-5)  # same math in fp32
