@@ -127,7 +127,8 @@ def train(cfg: DictConfig):
     if t.resume:
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"train.resume=true but there is no checkpoint at {ckpt_path}")
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # RNG states must stay CPU tensors; the state dicts copy to their parameters' device.
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -198,7 +199,7 @@ def train(cfg: DictConfig):
             metrics = evaluate(model, val_data, micro_batch, cfg.context, device, autocast, t.eval_tokens)
             logger.log(metrics, step)
             print(f"step {step:6d} | val loss {metrics['val/loss']:.4f} | val ppl {metrics['val/ppl']:.2f}", flush=True)
-            interval_start = time.perf_counter()  # evaluation time is not training throughput
+            interval_start, interval_steps = time.perf_counter(), 0  # eval time is not throughput
         if step % t.ckpt_every == 0 or step == stop_at:
             checkpoint()
     logger.close()
