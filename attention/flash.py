@@ -533,16 +533,23 @@ def zero_seed(device):
     return _ZERO_SEEDS[device]
 
 
+def prepare_inputs(q, k, v, scale, seed, dropout_p, backend, head_dims):
+    """Shared by our kernels' entry points: validate, make head_dim contiguous, default the
+    softmax scale to 1/sqrt(d) and the seed to a fresh draw (or the cached zero without dropout)."""
+    check_qkv(q, k, v, backend, head_dims, need_gpu=not INTERPRET)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if seed is None:
+        seed = new_seed(q.device) if dropout_p > 0 else zero_seed(q.device)
+    return q, k, v, scale, seed
+
+
 def flash_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, return_lse=False, seed=None):
     """FlashAttention-2. q: (B, N_q, H, d), k and v: (B, N_k, H, d), fp16 or bf16, d in
     {16, 32, 64, 128, 256}. Returns O (B, N_q, H, d), and LSE (B, H, N_q) fp32 when
     return_lse (differentiable too). `seed` (an int64 tensor of one element) fixes the dropout
     mask; by default a fresh one is drawn from torch's generator."""
-    check_qkv(q, k, v, "flash", SUPPORTED_HEAD_DIMS, need_gpu=not INTERPRET)
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if seed is None:
-        seed = new_seed(q.device) if dropout_p > 0 else zero_seed(q.device)
+    q, k, v, scale, seed = prepare_inputs(q, k, v, scale, seed, dropout_p, "flash", SUPPORTED_HEAD_DIMS)
     op = flash2_fwd if torch.compiler.is_compiling() else _Flash2.apply
     o, lse = op(q, k, v, seed, bool(causal), float(dropout_p), scale)
     return (o, lse) if return_lse else o

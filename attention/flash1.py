@@ -19,14 +19,12 @@ Same conventions as `attention.flash`: (batch, seq, heads, head_dim) layout, bot
 causal alignment, Philox dropout keyed per element (the same masks as FA2 for a given seed).
 """
 
-import math
 
 import torch
 import triton
 import triton.language as tl
 
-from attention.checks import check_qkv
-from attention.flash import INTERPRET, LOG2E, _fp32, dropout_keep, flash2_bwd_preprocess_kernel, new_seed
+from attention.flash import INTERPRET, LOG2E, _fp32, dropout_keep, flash2_bwd_preprocess_kernel, prepare_inputs
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
@@ -206,9 +204,5 @@ flash1_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def flash1_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, seed=None):
     """FlashAttention-1 (paper loop order). Same arguments and layout as flash_attention."""
-    check_qkv(q, k, v, "flash1", SUPPORTED_HEAD_DIMS, need_gpu=not INTERPRET)
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if seed is None:
-        seed = new_seed(q.device) if dropout_p > 0 else torch.zeros(1, dtype=torch.int64, device=q.device)
+    q, k, v, scale, seed = prepare_inputs(q, k, v, scale, seed, dropout_p, "flash1", SUPPORTED_HEAD_DIMS)
     return flash1_fwd(q, k, v, seed, bool(causal), float(dropout_p), scale)[0]

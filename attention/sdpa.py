@@ -1,6 +1,5 @@
 """PyTorch's scaled_dot_product_attention, optionally pinned to one of its kernels."""
 
-import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right

@@ -11,7 +11,6 @@ above what the inputs already hold.
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
