@@ -21,9 +21,10 @@ Backward: P is recomputed from Q, K and the saved LSE (no N x N tensor is ever s
     P_ij = exp(S_ij - LSE_i),   dV = dropout(P)^T dO,   dP = dropout'(dO V^T),
     D_i  = rowsum(dO_i * O_i) - dLSE_i,   dS = P * (dP - D),   dQ = s dS K,   dK = s dS^T Q
 
-One kernel owns a K/V block and streams over Q blocks (dK, dV stay in registers); a second
-owns a Q block and streams over K/V blocks (dQ stays in registers). Two passes recompute P
-twice but need no atomics, and each output is written exactly once.
+One kernel owns a Q block and streams over K/V blocks (dQ stays in registers; its prologue
+also computes D for its rows); a second owns a K/V block and streams over Q blocks (dK, dV
+stay in registers). Two passes recompute P twice but need no atomics, and each output is
+written exactly once.
 
 Causal masking is aligned bottom-right, as in flash-attn >= 2.1: query i sees key j when
 j <= i + N_k - N_q, so a single new query (N_q = 1) sees the whole KV cache. A query row that
@@ -209,24 +210,29 @@ def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr,
 # backward
 # --------------------------------------------------------------------------------------------
 @triton.jit
-def flash2_bwd_preprocess_kernel(O, dO, dLSE, Delta, stride_ob, stride_on, stride_oh,
-                                 stride_dob, stride_don, stride_doh, H, N_Q,
-                                 HAS_DLSE: tl.constexpr, D: tl.constexpr, B_r: tl.constexpr):
+def _row_delta(o, do, dLSE_row, offs_m, row_ok, HAS_DLSE: tl.constexpr):
     """D_i = rowsum(dO_i * O_i) - dLSE_i (the dLSE term makes the returned LSE differentiable)."""
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    if HAS_DLSE:
+        delta -= tl.load(dLSE_row + offs_m, mask=row_ok, other=0.0)
+    return delta
+
+
+@triton.jit
+def bwd_delta_kernel(O, dO, dLSE, Delta, stride_ob, stride_on, stride_oh, stride_dob, stride_don, stride_doh,
+                     H, N_Q, HAS_DLSE: tl.constexpr, D: tl.constexpr, B_r: tl.constexpr):
+    """D as a pass of its own, for FA1's backward (FA2's dQ kernel computes it in its prologue)."""
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     offs_m = tl.program_id(0) * B_r + tl.arange(0, B_r)
     offs_d = tl.arange(0, D)
-    row_ok = offs_m[:, None] < N_Q
+    row_ok = offs_m < N_Q
     o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :],
-                mask=row_ok, other=0.0).to(tl.float32)
+                mask=row_ok[:, None], other=0.0)
     do = tl.load(dO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :],
-                 mask=row_ok, other=0.0).to(tl.float32)
-    delta = tl.sum(o * do, 1)
-    if HAS_DLSE:
-        delta -= tl.load(dLSE + bh * N_Q + offs_m, mask=offs_m < N_Q, other=0.0)
-    tl.store(Delta + bh * N_Q + offs_m, delta, mask=offs_m < N_Q)
+                 mask=row_ok[:, None], other=0.0)
+    tl.store(Delta + bh * N_Q + offs_m, _row_delta(o, do, dLSE + bh * N_Q, offs_m, row_ok, HAS_DLSE), mask=row_ok)
 
 
 @triton.jit
@@ -330,13 +336,15 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn
 
 
 @triton.jit
-def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr,
+def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr, O, dLSE,
                          stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
                          stride_vb, stride_vn, stride_vh, stride_dob, stride_don, stride_doh,
-                         stride_dqb, stride_dqn, stride_dqh,
+                         stride_dqb, stride_dqn, stride_dqh, stride_ob, stride_on, stride_oh,
                          H, N_Q, N_K, qk_scale, sm_scale, dropout_p,
-                         CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, D: tl.constexpr,
-                         B_r: tl.constexpr, B_c: tl.constexpr):
+                         CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, HAS_DLSE: tl.constexpr,
+                         D: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr):
+    """Runs before the dK/dV kernel: its prologue computes D for its rows and writes it for
+    that kernel (one launch fewer than a separate preprocessing pass)."""
     bh = tl.program_id(0)
     i = _block_index(CAUSAL)
     b = bh // H
@@ -349,7 +357,9 @@ def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr,
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     do = tl.load(dO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     lse2 = tl.load(LSE + bh * N_Q + offs_m, mask=row_ok, other=float("inf")) * 1.4426950408889634
-    delta = tl.load(Delta + bh * N_Q + offs_m, mask=row_ok, other=0.0)
+    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    delta = _row_delta(o, do, dLSE + bh * N_Q, offs_m, row_ok, HAS_DLSE)
+    tl.store(Delta + bh * N_Q + offs_m, delta, mask=row_ok)
     K_block = K + b * stride_kb + h * stride_kh
     V_block = V + b * stride_vb + h * stride_vh
     seed = tl.load(seed_ptr)
@@ -417,35 +427,64 @@ def _kernel(name, d):
     return _tuned[name, d], {}
 
 
-def _grid_rows(n_rows, batch_heads):
-    return lambda meta: (batch_heads, triton.cdiv(n_rows, meta["B_r"]))
+# --------------------------------------------------------------------------------------------
+# host launch path
+# --------------------------------------------------------------------------------------------
+_COMPILED = {}  # launch signature -> (compiled kernel, trailing constexpr arguments, tile size)
+# FLASH_FAST_LAUNCH=0 keeps Triton's generic launch path (to time the difference).
+FAST_LAUNCH = not INTERPRET and os.environ.get("FLASH_FAST_LAUNCH", "1") != "0"
 
 
-def _grid_cols(n_cols, batch_heads):
-    return lambda meta: (batch_heads, triton.cdiv(n_cols, meta["B_c"]))
+def _signature(*tensors):
+    """The launch signature of tensors the caller did not allocate: what Triton specializes a
+    compiled kernel on (dtype, device, 16-byte alignment, and through the strides and shapes,
+    every integer argument). Outputs allocated here are contiguous, so their strides follow
+    from the shapes."""
+    return tensors[0].get_device(), *[(t.dtype, t.shape, t.stride(), t.data_ptr() % 16 == 0) for t in tensors]
+
+
+def _launch(name, D, n, tile, batch_heads, args, constexprs, signature, wrap=None):
+    """Launches kernel `name` on a (batch_heads, cdiv(n, tile size)) grid; `tile` names the
+    tile dimension that cuts n ("B_r" or "B_c").
+
+    Triton's generic launch (autotuner dispatch, argument binding, cache-key hashing) costs
+    more host time than a GPT-2-size kernel takes on the GPU (notes.md). So after the first
+    launch under a `signature` (see _signature), eager calls reuse its compiled kernel and
+    tuned tiles directly. Inside a triton_op, `wrap` (wrap_triton) hands the launch to
+    torch.compile instead."""
+    key = (name, *constexprs.values(), signature) if FAST_LAUNCH and wrap is None else None
+    hit = _COMPILED.get(key) if key else None
+    if hit is not None:
+        compiled, tail, block = hit
+        compiled[(batch_heads, triton.cdiv(n, block), 1)](*args, *tail)
+        return
+    kernel, tiles = _kernel(name, D)
+    grid = lambda meta: (batch_heads, triton.cdiv(n, meta[tile]))  # noqa: E731
+    compiled = (wrap(kernel) if wrap else kernel)[grid](*args, **constexprs, **tiles)
+    if key:
+        chosen = {**constexprs, **(kernel.best_config.kwargs if AUTOTUNE else tiles)}
+        tail = tuple(chosen[p] for p in KERNELS[name].arg_names[len(args):])
+        if len(_COMPILED) > 4096:  # e.g. one entry per KV-cache length in generation
+            _COMPILED.clear()
+        _COMPILED[key] = (compiled, tail, chosen[tile])
 
 
 # --------------------------------------------------------------------------------------------
 # torch ops: autograd and torch.compile see these as opaque ops with known output shapes
 # --------------------------------------------------------------------------------------------
-def _direct(kernel):
-    return kernel
-
-
-def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, launch=_direct):
+def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, wrap=None):
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, N_q, device=q.device, dtype=torch.float32)
-    kernel, tiles = _kernel("fwd", D)
-    launch(kernel)[_grid_rows(N_q, B * H)](
-        q, k, v, o, lse, seed, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
-        H, N_q, N_k, scale * LOG2E, dropout_p,
-        CAUSAL=causal, DROPOUT=dropout_p > 0, D=D, **tiles)
+    _launch("fwd", D, N_q, "B_r", B * H,
+            (q, k, v, o, lse, seed, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
+             H, N_q, N_k, scale * LOG2E, dropout_p),
+            dict(CAUSAL=causal, DROPOUT=dropout_p > 0, D=D), _signature(q, k, v, seed), wrap)
     return o, lse
 
 
-def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, launch=_direct):
+def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, wrap=None):
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
     do = do if do.stride(-1) == 1 else do.contiguous()
@@ -454,20 +493,19 @@ def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, launc
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     delta = torch.empty_like(lse)
-    launch(flash2_bwd_preprocess_kernel)[(triton.cdiv(N_q, 64), B * H)](
-        o, do, lse if dlse is None else dlse, delta, *o.stride()[:3], *do.stride()[:3], H, N_q,
-        HAS_DLSE=dlse is not None, D=D, B_r=64)  # a real pointer even when unused
     args = (q, k, v, do)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
-    common = dict(CAUSAL=causal, DROPOUT=dropout_p > 0, D=D)
-    kernel, tiles = _kernel("dkdv", D)
-    launch(kernel)[_grid_cols(N_k, B * H)](
-        *args, dk, dv, lse, delta, seed, *strides, *dk.stride()[:3], *dv.stride()[:3],
-        H, N_q, N_k, scale * LOG2E, scale, dropout_p, **common, **tiles)
-    kernel, tiles = _kernel("dq", D)
-    launch(kernel)[_grid_rows(N_q, B * H)](
-        *args, dq, lse, delta, seed, *strides, *dq.stride()[:3],
-        H, N_q, N_k, scale * LOG2E, scale, dropout_p, **common, **tiles)
+    scalars = (H, N_q, N_k, scale * LOG2E, scale, dropout_p)
+    common = dict(CAUSAL=causal, DROPOUT=dropout_p > 0)
+    signature = _signature(q, k, v, do, seed, *(() if dlse is None else (dlse,)))
+    # dQ first: its prologue writes D, which the dK/dV kernel reads.
+    _launch("dq", D, N_q, "B_r", B * H,
+            (*args, dq, lse, delta, seed, o, lse if dlse is None else dlse,  # a real pointer even when unused
+             *strides, *dq.stride()[:3], *o.stride()[:3], *scalars),
+            dict(**common, HAS_DLSE=dlse is not None, D=D), signature, wrap)
+    _launch("dkdv", D, N_k, "B_c", B * H,
+            (*args, dk, dv, lse, delta, seed, *strides, *dk.stride()[:3], *dv.stride()[:3], *scalars),
+            dict(**common, D=D), signature, wrap)
     return dq, dk, dv
 
 
@@ -479,14 +517,14 @@ def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, launc
 @torch.library.triton_op("gpt2flash::flash2_fwd", mutates_args={})
 def flash2_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seed: torch.Tensor, causal: bool,
                dropout_p: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, launch=torch.library.wrap_triton)
+    return _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, wrap=torch.library.wrap_triton)
 
 
 @torch.library.triton_op("gpt2flash::flash2_bwd", mutates_args={})
 def flash2_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
                lse: torch.Tensor, dlse: torch.Tensor | None, seed: torch.Tensor, causal: bool,
                dropout_p: float, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, launch=torch.library.wrap_triton)
+    return _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, wrap=torch.library.wrap_triton)
 
 
 def _setup_context(ctx, inputs, output):
@@ -512,7 +550,6 @@ class _Flash2(torch.autograd.Function):
         o, lse = _flash2_fwd(q, k, v, seed, causal, dropout_p, scale)
         ctx.save_for_backward(q, k, v, o, lse, seed)
         ctx.causal, ctx.dropout_p, ctx.scale = causal, dropout_p, scale
-        ctx.mark_non_differentiable(seed)
         return o, lse
 
     @staticmethod

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attention.flash import INTERPRET, LOG2E, _fp32, dropout_keep, flash2_bwd_preprocess_kernel, prepare_inputs
+from attention.flash import INTERPRET, LOG2E, _fp32, dropout_keep, bwd_delta_kernel, prepare_inputs
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
@@ -176,7 +176,7 @@ def flash1_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     dq32 = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty_like(l)
-    torch.library.wrap_triton(flash2_bwd_preprocess_kernel)[(triton.cdiv(N_q, 64), B * H)](
+    torch.library.wrap_triton(bwd_delta_kernel)[(triton.cdiv(N_q, 64), B * H)](
         o, do, l, delta, *o.stride()[:3], *do.stride()[:3], H, N_q, HAS_DLSE=False, D=D, B_r=64)
     torch.library.wrap_triton(flash1_bwd_kernel)[(B * H,)](
         q, k, v, do, dq32, dk, dv, l, m, delta, seed,

@@ -15,16 +15,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_attention import providers  # noqa: E402
 
 
-def host_us_per_call(fn, n=200):
+def host_us_per_call(fn, n=200, host_profile=False):
+    """Host time of one forward and of one fwd+bwd on a problem too small to keep the GPU busy
+    (so wall time is host time); grads are reset to None as in the benchmark."""
     q, k, v = (torch.randn(1, 128, 1, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-    for _ in range(10):
-        fn(q, k, v, causal=True).sum().backward()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn(q, k, v, causal=True).backward(torch.ones(1, 128, 1, 64, device="cuda", dtype=torch.bfloat16))
-    torch.cuda.synchronize()
-    return 1e6 * (time.perf_counter() - t) / n
+    do = torch.ones_like(q)
+
+    def loop(backward):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(n):
+            o = fn(q, k, v, causal=True)
+            if backward:
+                q.grad = k.grad = v.grad = None
+                o.backward(do)
+        torch.cuda.synchronize()
+        return 1e6 * (time.perf_counter() - t) / n
+
+    loop(True)  # warm-up
+    if host_profile:
+        import cProfile
+        import pstats
+        with cProfile.Profile() as prof:
+            loop(True)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    return loop(False), loop(True)
 
 
 def main():
@@ -35,6 +50,7 @@ def main():
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--causal", type=int, default=1)
+    ap.add_argument("--host-profile", action="store_true", help="cProfile of the host path, per provider")
     args = ap.parse_args()
     b, n = max(1, args.tokens // args.seqlen), args.seqlen
     for name, fn in providers(args.providers.split(",")).items():
@@ -48,8 +64,9 @@ def main():
             for _ in range(10):
                 fn(q, k, v, causal=bool(args.causal)).backward(do)
             torch.cuda.synchronize()
+        fwd_us, all_us = host_us_per_call(fn, host_profile=args.host_profile)
         print(f"== {name}: B={b} N={n} H={args.heads} d={args.head_dim} causal={args.causal}; "
-              f"host cost per tiny fwd+bwd: {host_us_per_call(fn):.0f} us")
+              f"host cost per tiny call: fwd {fwd_us:.0f} us, fwd+bwd {all_us:.0f} us")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=60))
 
 
