@@ -443,16 +443,16 @@ def _signature(*tensors):
     return tensors[0].get_device(), *[(t.dtype, t.shape, t.stride(), t.data_ptr() % 16 == 0) for t in tensors]
 
 
-def _launch(name, D, n, tile, batch_heads, args, constexprs, signature, wrap=None):
+def _launch(name, D, n, tile, batch_heads, args, constexprs, inputs, wrap=None):
     """Launches kernel `name` on a (batch_heads, cdiv(n, tile size)) grid; `tile` names the
     tile dimension that cuts n ("B_r" or "B_c").
 
     Triton's generic launch (autotuner dispatch, argument binding, cache-key hashing) costs
     more host time than a GPT-2-size kernel takes on the GPU (notes.md). So after the first
-    launch under a `signature` (see _signature), eager calls reuse its compiled kernel and
-    tuned tiles directly. Inside a triton_op, `wrap` (wrap_triton) hands the launch to
+    launch with the same constexprs and `_signature(*inputs)`, eager calls reuse its compiled
+    kernel and tuned tiles directly. Inside a triton_op, `wrap` (wrap_triton) hands the launch to
     torch.compile instead."""
-    key = (name, *constexprs.values(), signature) if FAST_LAUNCH and wrap is None else None
+    key = (name, *constexprs.values(), _signature(*inputs)) if FAST_LAUNCH and wrap is None else None
     hit = _COMPILED.get(key) if key else None
     if hit is not None:
         compiled, tail, block = hit
@@ -480,7 +480,7 @@ def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, wrap=None):
     _launch("fwd", D, N_q, "B_r", B * H,
             (q, k, v, o, lse, seed, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
              H, N_q, N_k, scale * LOG2E, dropout_p),
-            dict(CAUSAL=causal, DROPOUT=dropout_p > 0, D=D), _signature(q, k, v, seed), wrap)
+            dict(CAUSAL=causal, DROPOUT=dropout_p > 0, D=D), (q, k, v, seed), wrap)
     return o, lse
 
 
@@ -497,15 +497,15 @@ def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, wrap=
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
     scalars = (H, N_q, N_k, scale * LOG2E, scale, dropout_p)
     common = dict(CAUSAL=causal, DROPOUT=dropout_p > 0)
-    signature = _signature(q, k, v, do, seed, *(() if dlse is None else (dlse,)))
+    inputs = (q, k, v, do, seed, *(() if dlse is None else (dlse,)))  # the tensors not allocated here
     # dQ first: its prologue writes D, which the dK/dV kernel reads.
     _launch("dq", D, N_q, "B_r", B * H,
             (*args, dq, lse, delta, seed, o, lse if dlse is None else dlse,  # a real pointer even when unused
              *strides, *dq.stride()[:3], *o.stride()[:3], *scalars),
-            dict(**common, HAS_DLSE=dlse is not None, D=D), signature, wrap)
+            dict(**common, HAS_DLSE=dlse is not None, D=D), inputs, wrap)
     _launch("dkdv", D, N_k, "B_c", B * H,
             (*args, dk, dv, lse, delta, seed, *strides, *dk.stride()[:3], *dv.stride()[:3], *scalars),
-            dict(**common, D=D), signature, wrap)
+            dict(**common, D=D), inputs, wrap)
     return dq, dk, dv
 
 
