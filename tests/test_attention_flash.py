@@ -152,8 +152,10 @@ def test_torch_compile_traces_through_without_graph_break():
     fn = lambda q, k, v: flash_attention(q, k, v, causal=True)  # noqa: E731
     compiled = torch.compile(fn, fullgraph=True)  # fullgraph: a graph break is an error
     o, o_ref = compiled(q, k, v), fn(q, k, v)
-    torch.testing.assert_close(o, o_ref, rtol=0, atol=0)
+    # Inductor autotunes our configs itself, so its tiles (and summation order) may differ from
+    # eager's: equal up to bf16 rounding.
+    torch.testing.assert_close(o, o_ref, rtol=2e-2, atol=2e-2)
     g = torch.autograd.grad(o.float().sum(), (q, k, v))
     g_ref = torch.autograd.grad(o_ref.float().sum(), (q, k, v))
     for a, b in zip(g, g_ref):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
