@@ -435,25 +435,28 @@ _COMPILED = {}  # launch signature -> (compiled kernel, trailing constexpr argum
 FAST_LAUNCH = not INTERPRET and os.environ.get("FLASH_FAST_LAUNCH", "1") != "0"
 
 
-def _signature(*tensors):
-    """The launch signature of tensors the caller did not allocate: what Triton specializes a
-    compiled kernel on (dtype, device, 16-byte alignment, and through the strides and shapes,
-    every integer argument). Outputs allocated here are contiguous, so their strides follow
-    from the shapes."""
+def _signature(wrap, *tensors):
+    """The launch signature of the tensors the caller did not allocate: what Triton specializes
+    a compiled kernel on (dtype, device, 16-byte alignment, and through the strides and shapes,
+    every integer argument; outputs allocated here are contiguous, so theirs follow from the
+    shapes). None, so no caching, inside a triton_op (its fake tensors have no data pointer)
+    or with FLASH_FAST_LAUNCH=0."""
+    if not FAST_LAUNCH or wrap is not None:
+        return None
     return tensors[0].get_device(), *[(t.dtype, t.shape, t.stride(), t.data_ptr() % 16 == 0) for t in tensors]
 
 
-def _launch(name, D, n, tile, batch_heads, args, constexprs, inputs, wrap=None):
+def _launch(name, D, n, tile, batch_heads, args, constexprs, signature, wrap=None):
     """Launches kernel `name` on a (batch_heads, cdiv(n, tile size)) grid; `tile` names the
     tile dimension that cuts n ("B_r" or "B_c").
 
     Triton's generic launch (autotuner dispatch, argument binding, cache-key hashing) costs
     more host time than a GPT-2-size kernel takes on the GPU (notes.md). So after the first
-    launch with the same constexprs and `_signature(*inputs)`, eager calls reuse its compiled
-    kernel and tuned tiles directly. Inside a triton_op, `wrap` (wrap_triton) hands the launch to
-    torch.compile instead."""
-    key = (name, *constexprs.values(), _signature(*inputs)) if FAST_LAUNCH and wrap is None else None
-    hit = _COMPILED.get(key) if key else None
+    launch with the same constexprs and `signature` (see _signature), eager calls reuse
+    its compiled kernel and tuned tiles directly. Inside a triton_op, `wrap` (wrap_triton)
+    hands the launch to torch.compile instead."""
+    key = None if signature is None else (name, *constexprs.values(), signature)
+    hit = _COMPILED.get(key)  # never under None
     if hit is not None:
         compiled, tail, block = hit
         compiled[(batch_heads, triton.cdiv(n, block), 1)](*args, *tail)
@@ -461,7 +464,7 @@ def _launch(name, D, n, tile, batch_heads, args, constexprs, inputs, wrap=None):
     kernel, tiles = _kernel(name, D)
     grid = lambda meta: (batch_heads, triton.cdiv(n, meta[tile]))  # noqa: E731
     compiled = (wrap(kernel) if wrap else kernel)[grid](*args, **constexprs, **tiles)
-    if key:
+    if key is not None:
         chosen = {**constexprs, **(kernel.best_config.kwargs if AUTOTUNE else tiles)}
         tail = tuple(chosen[p] for p in KERNELS[name].arg_names[len(args):])
         if len(_COMPILED) > 4096:  # e.g. one entry per KV-cache length in generation
@@ -480,7 +483,7 @@ def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, wrap=None):
     _launch("fwd", D, N_q, "B_r", B * H,
             (q, k, v, o, lse, seed, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
              H, N_q, N_k, scale * LOG2E, dropout_p),
-            dict(CAUSAL=causal, DROPOUT=dropout_p > 0, D=D), (q, k, v, seed), wrap)
+            dict(CAUSAL=causal, DROPOUT=dropout_p > 0, D=D), _signature(wrap, q, k, v, seed), wrap)
     return o, lse
 
 
@@ -497,15 +500,15 @@ def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, wrap=
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
     scalars = (H, N_q, N_k, scale * LOG2E, scale, dropout_p)
     common = dict(CAUSAL=causal, DROPOUT=dropout_p > 0)
-    inputs = (q, k, v, do, seed, *(() if dlse is None else (dlse,)))  # the tensors not allocated here
+    signature = _signature(wrap, q, k, v, do, seed, *(() if dlse is None else (dlse,)))
     # dQ first: its prologue writes D, which the dK/dV kernel reads.
     _launch("dq", D, N_q, "B_r", B * H,
             (*args, dq, lse, delta, seed, o, lse if dlse is None else dlse,  # a real pointer even when unused
              *strides, *dq.stride()[:3], *o.stride()[:3], *scalars),
-            dict(**common, HAS_DLSE=dlse is not None, D=D), inputs, wrap)
+            dict(**common, HAS_DLSE=dlse is not None, D=D), signature, wrap)
     _launch("dkdv", D, N_k, "B_c", B * H,
             (*args, dk, dv, lse, delta, seed, *strides, *dk.stride()[:3], *dv.stride()[:3], *scalars),
-            dict(**common, D=D), inputs, wrap)
+            dict(**common, D=D), signature, wrap)
     return dq, dk, dv
 
 
@@ -534,13 +537,14 @@ def _setup_context(ctx, inputs, output):
     ctx.causal, ctx.dropout_p, ctx.scale = causal, dropout_p, scale
 
 
-def _backward(ctx, do, dlse):
+def _grads(ctx, do, dlse, bwd):
+    """Gradients for (q, k, v, seed, causal, dropout_p, scale) through `bwd` (op or function)."""
     q, k, v, o, lse, seed = ctx.saved_tensors
-    dq, dk, dv = flash2_bwd(do, q, k, v, o, lse, dlse, seed, ctx.causal, ctx.dropout_p, ctx.scale)
-    return dq, dk, dv, None, None, None, None
+    do = torch.zeros_like(o) if do is None else do  # only LSE was used
+    return *bwd(do, q, k, v, o, lse, dlse, seed, ctx.causal, ctx.dropout_p, ctx.scale), None, None, None, None
 
 
-flash2_fwd.register_autograd(_backward, setup_context=_setup_context)
+flash2_fwd.register_autograd(lambda ctx, do, dlse: _grads(ctx, do, dlse, flash2_bwd), setup_context=_setup_context)
 
 
 class _Flash2(torch.autograd.Function):
@@ -548,16 +552,12 @@ class _Flash2(torch.autograd.Function):
     def forward(ctx, q, k, v, seed, causal, dropout_p, scale):
         ctx.set_materialize_grads(False)  # an unused LSE brings no zero-filled gradient
         o, lse = _flash2_fwd(q, k, v, seed, causal, dropout_p, scale)
-        ctx.save_for_backward(q, k, v, o, lse, seed)
-        ctx.causal, ctx.dropout_p, ctx.scale = causal, dropout_p, scale
+        _setup_context(ctx, (q, k, v, seed, causal, dropout_p, scale), (o, lse))
         return o, lse
 
     @staticmethod
     def backward(ctx, do, dlse):
-        q, k, v, o, lse, seed = ctx.saved_tensors
-        do = torch.zeros_like(o) if do is None else do  # only LSE was used
-        dq, dk, dv = _flash2_bwd(do, q, k, v, o, lse, dlse, seed, ctx.causal, ctx.dropout_p, ctx.scale)
-        return dq, dk, dv, None, None, None, None
+        return _grads(ctx, do, dlse, _flash2_bwd)
 
 
 _ZERO_SEEDS = {}

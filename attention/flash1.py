@@ -19,7 +19,6 @@ Same conventions as `attention.flash`: (batch, seq, heads, head_dim) layout, bot
 causal alignment, Philox dropout keyed per element (the same masks as FA2 for a given seed).
 """
 
-
 import torch
 import triton
 import triton.language as tl
