@@ -21,7 +21,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from attention import BACKENDS
-from data.batches import check_length, eval_batches, random_batch, tokens
+from data.batches import TrainBatches, check_length, eval_batches, tokens
 from data.prepare import prepare
 from model import GPT, GPTConfig, peak_flops
 
@@ -33,8 +33,35 @@ def build_model(cfg):
         raise ValueError(f"unknown attention backend {cfg.attention.name!r}; available: {', '.join(BACKENDS)}")
     m = cfg.model
     return GPT(GPTConfig(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, context=cfg.context,
-                         dropout=m.dropout, attn_dropout=m.attn_dropout, attention=cfg.attention.name,
+                         dropout=m.dropout, attn_dropout=m.attn_dropout, vocab_multiple=m.vocab_multiple,
+                         cross_entropy=m.cross_entropy, attention=cfg.attention.name,
                          attention_options=OmegaConf.to_container(cfg.attention.options)))
+
+
+def compiled(model, t, on_cuda):
+    """The model's forward under torch.compile when train.compile says so (auto: on CUDA,
+    where it is the faster path: benchmarks/results/h100/train-speed), else the model itself."""
+    use = on_cuda if t.compile == "auto" else bool(t.compile)
+    if not use:
+        return model, "eager"
+    mode = None if t.compile_mode == "default" else t.compile_mode
+    return torch.compile(model, mode=mode), f"torch.compile ({t.compile_mode})"
+
+
+def train_step(fwd, model, optimizer, batches, accum, grad_clip, autocast):
+    """One optimizer step over `accum` micro-batches; returns (mean loss, grad norm or None) as
+    device tensors (reading them is left to the caller: a read waits for the GPU)."""
+    loss_sum = 0.0
+    for _ in range(accum):
+        x, y = next(batches)
+        with autocast:
+            loss = fwd(x, y)
+        (loss / accum).backward()
+        loss_sum += loss.detach()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip else None
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum / accum, grad_norm
 
 
 def batch_shape(cfg):
@@ -91,7 +118,7 @@ def evaluate(model, data, micro_batch, context, device, autocast, max_tokens):
     total, count = 0.0, 0
     for x, y in eval_batches(data, micro_batch, context, device, max_tokens):
         with autocast:
-            _, loss = model(x, y)
+            loss = model(x, y)
         total += loss.item() * y.numel()
         count += y.numel()
     model.train()
@@ -142,17 +169,22 @@ def train(cfg: DictConfig):
     on_cuda = device.startswith("cuda")
     dtype = getattr(torch, t.dtype)
     autocast = torch.autocast("cuda", dtype=dtype) if on_cuda and dtype != torch.float32 else nullcontext()
-    fwd = torch.compile(model) if t.compile else model
+    fwd, how = compiled(model, t, on_cuda)
+    batches = TrainBatches(train_data, micro_batch, cfg.context, batch_gen, device, prefetch=t.prefetch)
     peak = peak_flops(torch.cuda.get_device_name()) if on_cuda else None
     flops_per_token = model.flops_per_token(cfg.context)
     logger = Logger(cfg, out_dir, run_id)
     run_id = logger.wandb.id
+    mc = model.cfg
     print(f"{model.num_params():,} parameters | {cfg.attention.name} attention | context {cfg.context} | "
-          f"{micro_batch} x {cfg.context} tokens x {accum} micro-batches per step | run dir {out_dir}")
+          f"{micro_batch} x {cfg.context} tokens x {accum} micro-batches per step | {how} | "
+          f"cross-entropy {mc.cross_entropy}{' (fused on CUDA)' if mc.cross_entropy == 'auto' else ''}, "
+          f"vocabulary padded to {mc.padded_vocab} | {t.dtype} | "
+          f"{'prefetched' if t.prefetch else 'synchronous'} batches | run dir {out_dir}")
 
     def checkpoint():
         save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), step=step, batch_rng=batch_gen.get_state(),
+                        scheduler=scheduler.state_dict(), step=step, batch_rng=batches.rng_state(),
                         cpu_rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state() if on_cuda else None,
                         config=OmegaConf.to_container(cfg, resolve=True), wandb_id=run_id)
 
@@ -163,27 +195,19 @@ def train(cfg: DictConfig):
         torch.cuda.reset_peak_memory_stats()
     while step < stop_at:
         step_start = time.perf_counter()
-        loss_sum = 0.0
-        for _ in range(accum):
-            x, y = random_batch(train_data, micro_batch, cfg.context, batch_gen, device)
-            with autocast:
-                _, loss = fwd(x, y)
-            (loss / accum).backward()
-            loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         lr = scheduler.get_last_lr()[0]
-        optimizer.step()
+        loss, grad_norm = train_step(fwd, model, optimizer, batches, accum, t.grad_clip, autocast)
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         step += 1
         interval_steps += 1
 
         if step % t.log_every == 0 or step == t.max_steps:
-            loss = (loss_sum / accum).item()  # syncs the device: the interval's time is real
+            loss = loss.item()  # syncs the device: the interval's time is real
             now = time.perf_counter()
             tokens_per_s = interval_steps * t.batch_tokens / (now - interval_start)
             metrics = {"train/loss": loss, "train/ppl": math.exp(min(loss, 50)), "lr": lr,
-                       "grad_norm": grad_norm.item(), "tokens_per_s": tokens_per_s,
+                       "grad_norm": grad_norm.item() if grad_norm is not None else float("nan"),
+                       "tokens_per_s": tokens_per_s,
                        "step_ms": 1000 * (now - step_start), "tokens_seen": step * t.batch_tokens}
             if peak:
                 metrics["mfu"] = flops_per_token * tokens_per_s / peak
@@ -202,6 +226,7 @@ def train(cfg: DictConfig):
             interval_start, interval_steps = time.perf_counter(), 0  # eval time is not throughput
         if step % t.ckpt_every == 0 or step == stop_at:
             checkpoint()
+    batches.close()
     logger.close()
     return model
 

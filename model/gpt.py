@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attention import get_attention
+from model.loss import cross_entropy
 
 
 @dataclass
@@ -23,11 +24,18 @@ class GPTConfig:
     n_embd: int = 768
     context: int = 1024          # number of learned positions: the longest sequence the model takes
     vocab_size: int = 50257
+    vocab_multiple: int = 128    # embedding rows padded to a multiple of this (tensor-core shapes);
+                                 # the padding never reaches a softmax, a logit or an export
+    cross_entropy: str = "auto"  # model/loss.py: fused | plain | upcast; auto = fused on CUDA, else upcast
     dropout: float = 0.0         # embedding and residual dropout
     attn_dropout: float = 0.0    # dropout on the attention probabilities (inside the kernel)
     bias: bool = True
     attention: str = "sdpa"
     attention_options: dict = field(default_factory=dict)
+
+    @property
+    def padded_vocab(self):
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
 
 class CausalSelfAttention(nn.Module):
@@ -77,40 +85,45 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+            wte=nn.Embedding(cfg.padded_vocab, cfg.n_embd),
             wpe=nn.Embedding(cfg.context, cfg.n_embd),
             drop=nn.Dropout(cfg.dropout),
             h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
             ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
         ))
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # tied embeddings
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
-    @staticmethod
-    def _init_weights(m):
-        if isinstance(m, nn.Linear):
+    def _init_weights(self, m):
+        if m is self.lm_head or m is self.transformer.wte:
+            # Real rows drawn exactly as without padding (same random stream, same model for a
+            # seed); padding rows zero.
+            nn.init.normal_(m.weight[:self.cfg.vocab_size], mean=0.0, std=0.02)
+            nn.init.zeros_(m.weight[self.cfg.vocab_size:])
+        elif isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
-            if m.bias is not None:
+            if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding=False):
-        """Parameter count (tied weights once); non_embedding drops the position table, as the
-        6N term of the FLOP count does (nanoGPT's convention)."""
-        n = sum(p.numel() for p in self.parameters())
+        """Parameter count (tied weights once, vocabulary padding not counted); non_embedding
+        drops the position table, as the 6N term of the FLOP count does (nanoGPT's convention)."""
+        n = sum(p.numel() for p in self.parameters()) - (self.cfg.padded_vocab - self.cfg.vocab_size) * self.cfg.n_embd
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token: 6N + 12 L H Q T (PaLM appendix B; forward + backward)."""
+        """Training FLOPs per token: 6N + 12 L H Q T (PaLM appendix B; forward + backward; the
+        attention term counts the full T x T scores, causal or not, as PaLM and nanoGPT do)."""
         c = self.cfg
         return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * seq_len
 
     def forward(self, idx, targets=None):
+        """Logits (B, T, vocab_size) when targets is None, else the mean cross-entropy loss
+        (the loss path never materialises the logits: model/loss.py)."""
         B, T = idx.shape
         if T > self.cfg.context:
             raise ValueError(f"sequence length {T} exceeds the model's context of {self.cfg.context} "
@@ -119,11 +132,13 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
             x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))
+        x = self.transformer.ln_f(x)
         if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
-        return logits, loss
+            return self.lm_head(x)[..., :self.cfg.vocab_size]
+        impl = self.cfg.cross_entropy
+        if impl == "auto":
+            impl = "fused" if x.is_cuda else "upcast"
+        return cross_entropy(x, self.lm_head.weight, targets, self.cfg.vocab_size, impl)
 
     def optimizer(self, lr, weight_decay, betas, device_type):
         """AdamW; weight decay on matrices (and embeddings) only, not on biases or LayerNorm gains."""
