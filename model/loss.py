@@ -15,6 +15,8 @@ are padding and never take part in the softmax.
   d loss / d logits = (softmax - onehot) / n (two passes over the row: online max and sum,
   then the gradient), and two matrix products give d h and accumulate d W. The full N x V
   logits never exist, and the backward pass only scales the stored gradients.
+- "liger": Liger-Kernel's fused linear cross-entropy (the same idea; `pip install liger-kernel`),
+  for a side-by-side measurement.
 """
 
 import torch
@@ -23,7 +25,7 @@ import triton
 import triton.language as tl
 
 IGNORE = -100  # target value that contributes no loss (PyTorch's and transformers' convention)
-IMPLS = ("upcast", "plain", "fused")
+IMPLS = ("upcast", "plain", "fused", "liger")
 CHUNK = 4096  # rows per chunk in "fused": 4096 x 50304 bf16 logits = 412 MB alive at a time
 
 
@@ -126,6 +128,13 @@ def cross_entropy(h, weight, targets, vocab_size, impl="fused"):
         with_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
         loss, _, _ = fused_linear_xent(h, weight, targets, vocab_size, _compute_dtype(h), with_grad)
         return loss
+    if impl == "liger":
+        try:
+            from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+        except ImportError as e:
+            raise ImportError("model.cross_entropy=liger needs Liger-Kernel: pip install liger-kernel") from e
+        w = weight[:vocab_size]  # its softmax would include the padding rows
+        return liger_fused_linear_cross_entropy(h, w, targets, ignore_index=IGNORE)
     if impl not in IMPLS:
         raise ValueError(f"unknown cross-entropy implementation {impl!r}; available: {', '.join(IMPLS)}")
     logits = F.linear(h, weight)[:, :vocab_size]
