@@ -34,7 +34,7 @@ def build_model(cfg):
     m = cfg.model
     return GPT(GPTConfig(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, context=cfg.context,
                          dropout=m.dropout, attn_dropout=m.attn_dropout, vocab_multiple=m.vocab_multiple,
-                         cross_entropy=m.cross_entropy, attention=cfg.attention.name,
+                         cross_entropy=m.cross_entropy, xent_chunk=m.xent_chunk, attention=cfg.attention.name,
                          attention_options=OmegaConf.to_container(cfg.attention.options)))
 
 
@@ -58,10 +58,28 @@ def train_step(fwd, model, optimizer, batches, accum, grad_clip, autocast):
             loss = fwd(x, y)
         (loss / accum).backward()
         loss_sum += loss.detach()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip else None
-    optimizer.step()
+    grad_norm = clip_and_step(model, optimizer, grad_clip)
     optimizer.zero_grad(set_to_none=True)
     return loss_sum / accum, grad_norm
+
+
+def clip_and_step(model, optimizer, max_norm):
+    """Clip the gradients' global norm to max_norm (0: no clipping) and step; returns the norm.
+    A fused AdamW divides each gradient by `optimizer.grad_scale` as it reads it (the hook
+    torch.amp.GradScaler uses), so the clip costs one norm pass and no rescaling pass over the
+    gradients; other optimizers rescale in place first (clip_grad_norm_)."""
+    if not max_norm:
+        optimizer.step()
+        return None
+    if not optimizer.defaults.get("fused"):
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        optimizer.step()
+        return norm
+    norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    optimizer.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)  # clip_grad_norm_'s coefficient, inverted
+    optimizer.step()
+    del optimizer.grad_scale
+    return norm
 
 
 def batch_shape(cfg):

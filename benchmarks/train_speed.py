@@ -36,8 +36,10 @@ from model import peak_flops  # noqa: E402
 
 # name -> (kind, train.py overrides). "flash" is train.py's recommended (default) setting.
 VARIANTS = {
-    "nanogpt": ("nanogpt", []),
-    "hf-eager": ("hf", []),
+    "nanogpt": ("nanogpt", []),  # SDPA chooses its kernel (cuDNN on Hopper under torch 2.11)
+    "nanogpt-sdpa-flash": ("nanogpt", ["flash"]),  # SDPA pinned to its FlashAttention-2 kernel
+    "hf-eager": ("hf", ["sdpa"]),
+    "hf-eager-attn": ("hf", ["eager"]),  # transformers' own attention (scores in memory)
     "flash": ("ours", ["attention=flash"]),
     "sdpa": ("ours", ["attention=sdpa"]),
     "sdpa-flash": ("ours", ["attention=sdpa", "attention.options.kernel=flash"]),
@@ -53,6 +55,9 @@ VARIANTS = {
     "flash-liger": ("ours", ["attention=flash", "model.cross_entropy=liger"]),
     "flash-noclip": ("ours", ["attention=flash", "train.grad_clip=0"]),
     "flash-max-autotune": ("ours", ["attention=flash", "train.compile_mode=max-autotune-no-cudagraphs"]),
+    "flash-cudagraphs": ("ours", ["attention=flash", "train.compile_mode=reduce-overhead"]),
+    "flash-chunk4k": ("ours", ["attention=flash", "model.xent_chunk=4096"]),
+    "flash-chunk16k": ("ours", ["attention=flash", "model.xent_chunk=16384"]),
 }
 CATEGORIES = [  # (category, substrings of kernel names), first match wins
     ("attention", ("flash", "fmha", "cudnn", "attn", "attention")),
@@ -106,15 +111,21 @@ def build(kind, overrides, context, batch_tokens, tokens):
     x = torch.randint(0, 50257, (micro, context + 1), device="cuda")
     x, y = x[:, :-1].contiguous(), x[:, 1:].contiguous()  # one batch held on the GPU
     if kind == "nanogpt":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
         model = NanoGPT(context).cuda()
         fwd = torch.compile(model)
-        loss_fn = lambda: fwd(x, y)  # noqa: E731
-        how = "nanoGPT-style model, torch.compile, fused AdamW, no clipping, batch held on the GPU"
+        pinned = (lambda: sdpa_kernel(SDPBackend.FLASH_ATTENTION)) if overrides == ["flash"] else nullcontext
+
+        def loss_fn():
+            with pinned():
+                return fwd(x, y)
+        how = (f"nanoGPT-style model, SDPA {'pinned to flash' if overrides else 'default kernel'}, torch.compile, "
+               "fused AdamW, no clipping, batch held on the GPU")
     elif kind == "hf":
         from transformers import GPT2Config, GPT2LMHeadModel
-        model = GPT2LMHeadModel(GPT2Config(n_positions=context, attn_implementation="sdpa")).cuda()
+        model = GPT2LMHeadModel(GPT2Config(n_positions=context, attn_implementation=overrides[0])).cuda()
         loss_fn = lambda: model(input_ids=x, labels=x).loss  # noqa: E731
-        how = "transformers GPT2LMHeadModel, eager, attn_implementation=sdpa, fused AdamW, no clipping"
+        how = f"transformers GPT2LMHeadModel, eager, attn_implementation={overrides[0]}, fused AdamW, no clipping"
     else:
         raise ValueError(kind)
     optimizer = optimizer_for(model)

@@ -26,7 +26,8 @@ class GPTConfig:
     vocab_size: int = 50257
     vocab_multiple: int = 128    # embedding rows padded to a multiple of this (tensor-core shapes);
                                  # the padding never reaches a softmax, a logit or an export
-    cross_entropy: str = "auto"  # model/loss.py: fused | plain | upcast; auto = fused on CUDA, else upcast
+    cross_entropy: str = "auto"  # model/loss.py: fused | plain | upcast | liger; auto = fused on CUDA, else upcast
+    xent_chunk: int = 8192       # rows per chunk of the fused cross-entropy (memory against matmul size)
     dropout: float = 0.0         # embedding and residual dropout
     attn_dropout: float = 0.0    # dropout on the attention probabilities (inside the kernel)
     bias: bool = True
@@ -138,7 +139,7 @@ class GPT(nn.Module):
         impl = self.cfg.cross_entropy
         if impl == "auto":
             impl = "fused" if x.is_cuda else "upcast"
-        return cross_entropy(x, self.lm_head.weight, targets, self.cfg.vocab_size, impl)
+        return cross_entropy(x, self.lm_head.weight, targets, self.cfg.vocab_size, impl, self.cfg.xent_chunk)
 
     def optimizer(self, lr, weight_decay, betas, device_type):
         """AdamW; weight decay on matrices (and embeddings) only, not on biases or LayerNorm gains."""
