@@ -27,7 +27,7 @@ class GPTConfig:
     vocab_multiple: int = 128    # embedding rows padded to a multiple of this (tensor-core shapes);
                                  # the padding never reaches a softmax, a logit or an export
     cross_entropy: str = "auto"  # model/loss.py: fused | plain | upcast | liger; auto = fused on CUDA, else upcast
-    xent_chunk: int = 8192       # rows per chunk of the fused cross-entropy (memory against matmul size)
+    xent_chunk: int = 4096       # rows per chunk of the fused cross-entropy (memory against matmul size)
     dropout: float = 0.0         # embedding and residual dropout
     attn_dropout: float = 0.0    # dropout on the attention probabilities (inside the kernel)
     bias: bool = True
