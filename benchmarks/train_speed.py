@@ -57,6 +57,8 @@ VARIANTS = {
     "flash-cudagraphs": ("ours", ["attention=flash", "train.compile_mode=reduce-overhead"]),
     "flash-chunk8k": ("ours", ["attention=flash", "model.xent_chunk=8192"]),
     "flash-chunk16k": ("ours", ["attention=flash", "model.xent_chunk=16384"]),
+    "flash-mb8k": ("ours", ["attention=flash", "train.micro_batch_tokens=8192"]),  # 2 micro-batches
+    "flash-mb4k": ("ours", ["attention=flash", "train.micro_batch_tokens=4096"]),  # 4 micro-batches
 }
 CATEGORIES = [  # (category, substrings of kernel names), first match wins
     ("attention", ("flash", "fmha", "cudnn", "attn", "attention")),
@@ -91,9 +93,10 @@ def build(kind, overrides, context, batch_tokens, tokens):
     if kind == "ours":
         import train
         from data.batches import TrainBatches
-        cfg = compose([*overrides, f"context={context}", f"train.batch_tokens={batch_tokens}",
-                       f"train.micro_batch_tokens={batch_tokens}"])
+        cfg = compose([f"context={context}", f"train.batch_tokens={batch_tokens}",
+                       f"train.micro_batch_tokens={batch_tokens}", *overrides])  # a variant's overrides win
         t = cfg.train
+        micro, accum = train.batch_shape(cfg)
         model = train.build_model(cfg).cuda()
         optimizer = model.optimizer(t.lr, t.weight_decay, t.betas, "cuda")
         scheduler = train.lr_schedule(optimizer, t)
@@ -101,12 +104,13 @@ def build(kind, overrides, context, batch_tokens, tokens):
         batches = TrainBatches(tokens, micro, context, torch.Generator().manual_seed(0), "cuda", prefetch=t.prefetch)
 
         def step():
-            loss, _ = train.train_step(fwd, model, optimizer, batches, 1, t.grad_clip, autocast)
+            loss, _ = train.train_step(fwd, model, optimizer, batches, accum, t.grad_clip, autocast)
             scheduler.step()
             return loss
         mc = model.cfg
         return step, (f"train.py {' '.join(overrides)}: {how}, cross-entropy {mc.cross_entropy}, "
-                      f"vocab {mc.padded_vocab}, clip {t.grad_clip}, prefetch {t.prefetch}")
+                      f"vocab {mc.padded_vocab}, clip {t.grad_clip}, prefetch {t.prefetch}, "
+                      f"{accum} micro-batch{'es' if accum > 1 else ''} of {micro} x {context}")
     x = torch.randint(0, 50257, (micro, context + 1), device="cuda")
     x, y = x[:, :-1].contiguous(), x[:, 1:].contiguous()  # one batch held on the GPU
     if kind == "nanogpt":
@@ -211,13 +215,15 @@ def save(out, old_rows, new_rows, meta):
 
 def markdown(rows, meta):
     lines = [f"# Training speed, GPT-2 small, {meta['device']}", "",
-             f"{meta['date']}, torch {meta['torch']}, Triton {meta['triton']}. Command: `{meta['command']}`", "",
+             f"torch {meta['torch']}, Triton {meta['triton']}. Rows are merged from the runs listed at the end; "
+             "ratios are against the nanoGPT / HF row of the same run where it has one.", "",
              "Tokens per step " + ", ".join(sorted({str(r['batch_tokens']) for r in rows})) +
              "; MFU = FLOPs per token (our GPT-2, 6N + 12 L H d T) x tokens/s / dense bf16 peak.", ""]
     for ctx in sorted({r["context"] for r in rows}):
         group = [r for r in rows if r["context"] == ctx]
-        ref = next((r.get("tokens_per_s") for r in group if r["variant"] == "nanogpt"), None)
-        hf = next((r.get("tokens_per_s") for r in group if r["variant"] == "hf-eager"), None)
+        def base(variant, row):  # the same run's row if it measured one, else any run's
+            same = [r for r in group if r["variant"] == variant and r.get("command") == row.get("command")]
+            return next((r.get("tokens_per_s") for r in same or [r for r in group if r["variant"] == variant]), None)
         lines += [f"## Context {ctx}", "",
                   "| variant | tokens/s | vs nanoGPT | vs HF eager | MFU | peak GB | step ms | GPU busy | "
                   "attention ms | matmul ms | xent ms | optim ms | other ms | attention kernels |",
@@ -227,7 +233,7 @@ def markdown(rows, meta):
                 lines.append(f"| {r['variant']} | {r['error']} |" + " |" * 12)
                 continue
             c = r["gpu_ms_by_category"]
-            tps = r["tokens_per_s"]
+            tps, ref, hf = r["tokens_per_s"], base("nanogpt", r), base("hf-eager", r)
             lines.append(
                 f"| {r['variant']} | {tps:,.0f} | {tps / ref if ref else float('nan'):.2f}x | "
                 f"{tps / hf if hf else float('nan'):.1f}x | {r.get('mfu', float('nan')):.1%} | {r['peak_mem_gb']:.1f} | "
@@ -236,6 +242,11 @@ def markdown(rows, meta):
                 f" | {'; '.join(k[:40] for k in r['attention_kernels'][:3])} |")
         lines.append("")
     lines += ["## Settings", ""] + sorted({f"- {r['variant']}: {r['setting']}" for r in rows if "setting" in r}) + [""]
+    lines += ["## Runs", ""]
+    for cmd in dict.fromkeys(r.get("command", "?") for r in rows):
+        done = ", ".join(f"{r['variant']}@{r['context']}" for r in rows if r.get("command", "?") == cmd)
+        lines.append(f"- {next(r.get('date', '?') for r in rows if r.get('command', '?') == cmd)}: `{cmd}`: {done}")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -286,7 +297,7 @@ def main():
     new = []
     for context in map(int, args.contexts.split(",")):
         for name in args.variants.split(","):
-            row = measure(name, context, args, tokens)
+            row = {**measure(name, context, args, tokens), "command": meta["command"], "date": meta["date"]}
             new.append(row)
             print(json.dumps({k: v for k, v in row.items() if k not in ("top_kernels", "overrides")}), flush=True)
             rows = save(args.out, old["rows"], new, meta)  # after each row: a time-out loses nothing

@@ -85,15 +85,18 @@ class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
+        # The embedding table is built without drawing random numbers (_weight; the head on the
+        # meta device, then tied), so that the padding does not shift the random stream: a seed
+        # gives the same model whatever vocab_multiple is (_init_weights draws the real rows).
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.padded_vocab, cfg.n_embd),
+            wte=nn.Embedding(cfg.padded_vocab, cfg.n_embd, _weight=torch.empty(cfg.padded_vocab, cfg.n_embd)),
             wpe=nn.Embedding(cfg.context, cfg.n_embd),
             drop=nn.Dropout(cfg.dropout),
             h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
             ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
         ))
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # tied embeddings
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab, bias=False, device="meta")
+        self.lm_head.weight = self.transformer.wte.weight  # tied embeddings
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
             if name.endswith("c_proj.weight"):

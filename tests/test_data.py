@@ -97,3 +97,20 @@ def test_batches(shared_data, tmp_path):
     xs = torch.cat([x for x, _ in windows])
     assert xs.shape == (10, 64)
     assert torch.equal(xs.flatten(), torch.from_numpy(data[:640].astype(np.int64)))  # in order, no overlap
+
+
+def test_prefetched_batches_are_the_same_sequence_and_resume(shared_data, tmp_path):
+    import torch
+    from data.batches import TrainBatches
+    data = tokens(prepare(owt_cfg(shared_data, tmp_path))["val"])
+    plain = TrainBatches(data, 3, 32, torch.Generator().manual_seed(7), "cpu", prefetch=False)
+    ahead = TrainBatches(data, 3, 32, torch.Generator().manual_seed(7), "cpu", prefetch=True)
+    for _ in range(4):
+        (x1, y1), (x2, y2) = next(plain), next(ahead)
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    # The worker has drawn batch 6 already; rng_state() still resumes at batch 5.
+    resumed = TrainBatches(data, 3, 32, torch.Generator().set_state(ahead.rng_state()), "cpu", prefetch=True)
+    for _ in range(2):
+        assert torch.equal(next(resumed)[0], next(plain)[0])
+    ahead.close()
+    resumed.close()

@@ -39,3 +39,28 @@ def test_flops_and_peak_table():
     assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert peak_flops("NVIDIA H200") == 989e12
     assert peak_flops("Some Future GPU") is None  # no made-up peak
+
+
+def test_vocabulary_padding_changes_nothing_learned():
+    """Padded to a multiple of 128: the same model for a seed (real rows), padding rows zero and
+    never trained, logits and loss over the 50,257 real tokens only."""
+    models = []
+    for multiple in (1, 128):
+        torch.manual_seed(0)
+        models.append(GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, context=16, vocab_multiple=multiple,
+                                    attention="naive")))
+    plain, padded = models
+    assert (plain.cfg.padded_vocab, padded.cfg.padded_vocab) == (50257, 50304)
+    assert padded.num_params() == plain.num_params()
+    for (name, p), q in zip(plain.named_parameters(), padded.parameters()):
+        assert torch.equal(p, q[:p.shape[0]]), name
+    assert not padded.lm_head.weight[50257:].any()
+    idx = torch.randint(0, 50257, (2, 17))
+    assert padded(idx[:, :-1]).shape == (2, 16, 50257)
+    losses = [m(idx[:, :-1], idx[:, 1:]) for m in models]
+    assert torch.equal(*losses)
+    for loss in losses:
+        loss.backward()
+    for (name, p), q in zip(plain.named_parameters(), padded.parameters()):
+        assert torch.equal(p.grad, q.grad[:p.shape[0]]), name
+    assert not padded.lm_head.weight.grad[50257:].any()

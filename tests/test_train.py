@@ -72,3 +72,30 @@ def test_multirun_sweep_over_backends(tmp_path, shared_data):
         losses[name] = [m["train/loss"] for m in rows if "train/loss" in m]
     assert len(losses["naive"]) == 2
     assert losses["naive"] == pytest.approx(losses["sdpa"], rel=1e-5)  # same math in fp32
+
+
+@pytest.mark.parametrize("max_norm", [0.05, 1e6])  # clipping active, inactive
+def test_clip_folded_into_fused_adamw_equals_clip_grad_norm(max_norm):
+    """train.clip_and_step's fused path (AdamW divides by grad_scale) against the plain
+    clip_grad_norm_ + AdamW step, parameter for parameter."""
+    import torch
+    sys.path.insert(0, str(ROOT))
+    from train import clip_and_step
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=fused)
+        norms = []
+        for step in range(3):
+            x = torch.randn(32, 8, generator=torch.Generator().manual_seed(step))
+            model(x).square().mean().backward()
+            norms.append(clip_and_step(model, opt, max_norm))
+            opt.zero_grad(set_to_none=True)
+        results.append(([p.detach().clone() for p in model.parameters()], norms))
+    (p1, n1), (p2, n2) = results
+    assert not hasattr(opt, "grad_scale")
+    for a, b in zip(n1, n2):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(p1, p2):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
