@@ -10,6 +10,7 @@ run directory; checkpoints there too (train.resume=true continues from the last 
 
 import json
 import math
+import statistics
 import os
 import time
 from contextlib import nullcontext
@@ -24,6 +25,7 @@ from attention import BACKENDS
 from data.batches import TrainBatches, check_length, eval_batches, tokens
 from data.prepare import prepare
 from model import GPT, GPTConfig, peak_flops
+from model.hf import HFGPT
 
 CKPT = "ckpt.pt"
 
@@ -32,7 +34,10 @@ def build_model(cfg):
     if cfg.attention.name not in BACKENDS:
         raise ValueError(f"unknown attention backend {cfg.attention.name!r}; available: {', '.join(BACKENDS)}")
     m = cfg.model
-    return GPT(GPTConfig(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, context=cfg.context,
+    impl = {"ours": GPT, "hf": HFGPT}.get(m.get("impl", "ours"))
+    if impl is None:
+        raise ValueError(f"unknown model.impl {m.impl!r}: ours (this project's GPT-2) | hf (transformers' GPT2LMHeadModel)")
+    return impl(GPTConfig(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, context=cfg.context,
                          dropout=m.dropout, attn_dropout=m.attn_dropout, vocab_multiple=m.vocab_multiple,
                          cross_entropy=m.cross_entropy, xent_chunk=m.xent_chunk, attention=cfg.attention.name,
                          attention_options=OmegaConf.to_container(cfg.attention.options)))
@@ -110,16 +115,28 @@ class Logger:
         if mode == "auto":
             mode = os.environ.get("WANDB_MODE") or ("online" if wandb.api.api_key else "offline")
         self.wandb = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
-                                name=cfg.wandb.name, config=OmegaConf.to_container(cfg, resolve=True),
-                                mode=mode, dir=str(out_dir), id=run_id, resume="allow")
+                                name=cfg.wandb.name, tags=list(cfg.wandb.tags), mode=mode, dir=str(out_dir),
+                                config=OmegaConf.to_container(cfg, resolve=True), id=run_id, resume="allow")
+        # Runs of different contexts and speeds line up on tokens seen and on training time.
+        self.wandb.define_metric("tokens_seen")
+        self.wandb.define_metric("train_time_s")
+        for key in ("train/*", "val/*", "tokens_per_s", "mfu", "peak_mem_gb", "lr", "grad_norm", "step_ms"):
+            self.wandb.define_metric(key, step_metric="tokens_seen")
+        self.wandb.define_metric("val/ppl", step_metric="tokens_seen", summary="min")
+        self.wandb.define_metric("peak_mem_gb", step_metric="tokens_seen", summary="max")
         self.file = open(out_dir / "metrics.jsonl", "a")
+        self.rates = []
 
     def log(self, metrics, step):
         self.wandb.log(metrics, step=step)
         self.file.write(json.dumps({"step": step, **metrics}) + "\n")
         self.file.flush()
+        if "tokens_per_s" in metrics:
+            self.rates.append(metrics["tokens_per_s"])
 
     def close(self):
+        if len(self.rates) > 1:  # the first interval holds compilation and autotuning
+            self.wandb.summary["tokens_per_s_median"] = statistics.median(self.rates[1:])
         self.file.close()
         self.wandb.finish()
 
@@ -131,17 +148,30 @@ def save_checkpoint(path, **state):
 
 
 @torch.no_grad()
-def evaluate(model, data, micro_batch, context, device, autocast, max_tokens):
+def evaluate(model, data, micro_batch, context, device, autocast, max_tokens, by_position=False):
+    """Mean validation loss and perplexity; with by_position also the mean loss at each position
+    of the window (from the logits: evidence of whether a longer context is used)."""
     model.eval()
-    total, count = 0.0, 0
+    total, count, per_position = 0.0, 0, torch.zeros(context, dtype=torch.float64, device=device)
     for x, y in eval_batches(data, micro_batch, context, device, max_tokens):
         with autocast:
-            loss = model(x, y)
+            if by_position:
+                logits = model(x)
+        if by_position:
+            losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")
+            per_position += losses.sum(0).double()
+            loss = losses.mean()
+        else:
+            with autocast:
+                loss = model(x, y)
         total += loss.item() * y.numel()
         count += y.numel()
     model.train()
     loss = total / count
-    return {"val/loss": loss, "val/ppl": math.exp(loss)}
+    metrics = {"val/loss": loss, "val/ppl": math.exp(loss)}
+    if by_position:
+        metrics["val/loss_by_position"] = (per_position * context / count).tolist()
+    return metrics
 
 
 def train(cfg: DictConfig):
@@ -152,6 +182,8 @@ def train(cfg: DictConfig):
     out_dir = Path(to_absolute_path(t.out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     micro_batch, accum = batch_shape(cfg)
+    # The resolved config beside metrics.jsonl: what benchmarks/compare_runs.py reads.
+    (out_dir / "config.json").write_text(json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=1))
     torch.manual_seed(t.seed)
 
     data_cfg = cfg.data.copy()  # relative paths are relative to where train.py was started
@@ -167,7 +199,7 @@ def train(cfg: DictConfig):
     optimizer = model.optimizer(t.lr, t.weight_decay, t.betas, "cuda" if device.startswith("cuda") else "cpu")
     scheduler = lr_schedule(optimizer, t)
     batch_gen = torch.Generator().manual_seed(t.seed)
-    step, run_id = 0, None
+    step, run_id, train_time = 0, None, 0.0
     ckpt_path = out_dir / CKPT
     if t.resume:
         if not ckpt_path.is_file():
@@ -181,7 +213,7 @@ def train(cfg: DictConfig):
         torch.set_rng_state(ckpt["cpu_rng"])
         if ckpt.get("cuda_rng") is not None and device.startswith("cuda"):
             torch.cuda.set_rng_state(ckpt["cuda_rng"])
-        step, run_id = ckpt["step"], ckpt["wandb_id"]
+        step, run_id, train_time = ckpt["step"], ckpt["wandb_id"], ckpt.get("train_time_s", 0.0)
         print(f"resumed from {ckpt_path} at step {step}")
 
     on_cuda = device.startswith("cuda")
@@ -194,17 +226,18 @@ def train(cfg: DictConfig):
     logger = Logger(cfg, out_dir, run_id)
     run_id = logger.wandb.id
     mc = model.cfg
-    print(f"{model.num_params():,} parameters | {cfg.attention.name} attention | context {cfg.context} | "
-          f"{micro_batch} x {cfg.context} tokens x {accum} micro-batches per step | {how} | "
-          f"cross-entropy {mc.cross_entropy}{' (fused on CUDA)' if mc.cross_entropy == 'auto' else ''}, "
-          f"vocabulary padded to {mc.padded_vocab} | {t.dtype} | "
+    loss_path = (f"cross-entropy {mc.cross_entropy}{' (fused on CUDA)' if mc.cross_entropy == 'auto' else ''}, "
+                 f"vocabulary padded to {mc.padded_vocab}") if isinstance(model, GPT) else "fp32 cross-entropy"
+    print(f"{model.num_params():,} parameters ({type(model).__name__}) | {cfg.attention.name} attention | "
+          f"context {cfg.context} | {micro_batch} x {cfg.context} tokens x {accum} micro-batches per step | {how} | "
+          f"{loss_path} | {t.dtype} | "
           f"{'prefetched' if t.prefetch else 'synchronous'} batches | run dir {out_dir}")
 
     def checkpoint():
         save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict(), step=step, batch_rng=batches.rng_state(),
                         cpu_rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state() if on_cuda else None,
-                        config=OmegaConf.to_container(cfg, resolve=True), wandb_id=run_id)
+                        config=OmegaConf.to_container(cfg, resolve=True), wandb_id=run_id, train_time_s=train_time)
 
     model.train()
     stop_at = t.max_steps if not t.steps_per_run else min(t.max_steps, step + t.steps_per_run)
@@ -222,11 +255,13 @@ def train(cfg: DictConfig):
         if step % t.log_every == 0 or step == t.max_steps:
             loss = loss.item()  # syncs the device: the interval's time is real
             now = time.perf_counter()
+            train_time += now - interval_start
             tokens_per_s = interval_steps * t.batch_tokens / (now - interval_start)
             metrics = {"train/loss": loss, "train/ppl": math.exp(min(loss, 50)), "lr": lr,
                        "grad_norm": grad_norm.item() if grad_norm is not None else float("nan"),
                        "tokens_per_s": tokens_per_s,
-                       "step_ms": 1000 * (now - step_start), "tokens_seen": step * t.batch_tokens}
+                       "step_ms": 1000 * (now - step_start), "tokens_seen": step * t.batch_tokens,
+                       "train_time_s": train_time}
             if peak:
                 metrics["mfu"] = flops_per_token * tokens_per_s / peak
             if on_cuda:
@@ -238,8 +273,12 @@ def train(cfg: DictConfig):
                   + (f" | mem {metrics['peak_mem_gb']:.2f} GB" if on_cuda else ""), flush=True)
             interval_start, interval_steps = time.perf_counter(), 0
         if step % t.eval_every == 0 or step == t.max_steps:
-            metrics = evaluate(model, val_data, micro_batch, cfg.context, device, autocast, t.eval_tokens)
-            logger.log(metrics, step)
+            metrics = evaluate(model, val_data, micro_batch, cfg.context, device, autocast, t.eval_tokens,
+                               by_position=step == t.max_steps)
+            by_position = metrics.pop("val/loss_by_position", None)
+            if by_position:  # a list: into its own file, not a wandb scalar
+                (out_dir / "loss_by_position.json").write_text(json.dumps({"step": step, "loss": by_position}))
+            logger.log({**metrics, "tokens_seen": step * t.batch_tokens, "train_time_s": train_time}, step)
             print(f"step {step:6d} | val loss {metrics['val/loss']:.4f} | val ppl {metrics['val/ppl']:.2f}", flush=True)
             interval_start, interval_steps = time.perf_counter(), 0  # eval time is not throughput
         if step % t.ckpt_every == 0 or step == stop_at:

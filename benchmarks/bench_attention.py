@@ -107,6 +107,10 @@ def main():
                         times, mem = measure(fn, batch, heads, n, d, causal)
                     except Exception as e:  # a provider that rejects a shape is reported, not fatal
                         print(f"{name} d={d} causal={causal} N={n}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                        if isinstance(e, torch.OutOfMemoryError):  # recorded: Figure 3 marks it
+                            rows.append(dict(provider=name, head_dim=d, heads=heads, causal=causal, seqlen=n,
+                                             batch=batch, error="OOM"))
+                        torch.cuda.empty_cache()
                         continue
                     row = dict(provider=name, head_dim=d, heads=heads, causal=causal, seqlen=n, batch=batch,
                                peak_mem_mb=mem / 2**20, **{f"ms_{m}": times[m] for m in MODES},
@@ -128,7 +132,7 @@ def main():
 
 def ratio_table(rows, mode="fwd+bwd", against=("sdpa-flash", "sdpa-cudnn", "flex")):
     """Markdown: our TFLOP/s per shape and the ratio ours / each baseline."""
-    index = {(r["provider"], r["head_dim"], r["causal"], r["seqlen"]): r for r in rows}
+    index = {(r["provider"], r["head_dim"], r["causal"], r["seqlen"]): r for r in rows if "error" not in r}
     lines = [f"| d | causal | N | ours {mode} TFLOP/s | " + " | ".join(f"vs {a}" for a in against) + " | fwd vs sdpa-flash | bwd vs sdpa-flash |",
              "|---|---|---|---|" + "---|" * (len(against) + 2)]
     for (prov, d, causal, n), r in sorted(index.items(), key=lambda x: (x[0][1], not x[0][2], x[0][3])):
@@ -153,7 +157,7 @@ def plot(rows, path):
             ax = axes[row][col]
             for prov in dict.fromkeys(r["provider"] for r in rows):
                 pts = sorted((r["seqlen"], r["tflops_" + mode]) for r in rows
-                             if r["provider"] == prov and r["head_dim"] == d and r["causal"] == causal)
+                             if r["provider"] == prov and r["head_dim"] == d and r["causal"] == causal and "error" not in r)
                 if pts:
                     ax.plot(*zip(*pts), marker="o", label=prov)
             ax.set_xscale("log", base=2)

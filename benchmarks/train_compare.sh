@@ -18,4 +18,4 @@ for run in $runs; do
   python3 train.py "${common[@]}" "${extra[@]}" hydra.run.dir=$out/$name 2>&1 | grep -v "wandb" | tail -12
   names+=("$out/$name")
 done
-python3 benchmarks/summarize_runs.py "${names[@]}" | tee $out/summary.md
+python3 -m benchmarks.compare_runs "${names[@]}" --out $out | tee $out/summary.md

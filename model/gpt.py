@@ -120,10 +120,7 @@ class GPT(nn.Module):
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     def flops_per_token(self, seq_len):
-        """Training FLOPs per token: 6N + 12 L H Q T (PaLM appendix B; forward + backward; the
-        attention term counts the full T x T scores, causal or not, as PaLM and nanoGPT do)."""
-        c = self.cfg
-        return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * seq_len
+        return training_flops_per_token(self.cfg, self.num_params(non_embedding=True), seq_len)
 
     def forward(self, idx, targets=None):
         """Logits (B, T, vocab_size) when targets is None, else the mean cross-entropy loss
@@ -145,11 +142,21 @@ class GPT(nn.Module):
         return cross_entropy(x, self.lm_head.weight, targets, self.cfg.vocab_size, impl, self.cfg.xent_chunk)
 
     def optimizer(self, lr, weight_decay, betas, device_type):
-        """AdamW; weight decay on matrices (and embeddings) only, not on biases or LayerNorm gains."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=device_type == "cuda")
+        return adamw(self, lr, weight_decay, betas, device_type)
+
+
+def adamw(model, lr, weight_decay, betas, device_type):
+    """AdamW; weight decay on matrices (and embeddings) only, not on biases or LayerNorm gains."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=device_type == "cuda")
+
+
+def training_flops_per_token(cfg, non_embedding_params, seq_len):
+    """Training FLOPs per token: 6N + 12 L H Q T (PaLM appendix B; forward + backward; the
+    attention term counts the full T x T scores, causal or not, as PaLM and nanoGPT do)."""
+    return 6 * non_embedding_params + 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * seq_len
 
 
 # Peak dense bf16 tensor throughput (FLOP/s) by device name, for MFU. An unknown device gets

@@ -67,7 +67,7 @@ def test_multirun_sweep_over_backends(tmp_path, shared_data):
     assert r.returncode == 0, r.stderr[-3000:]
     losses = {}
     for name in ("naive", "sdpa"):
-        run_dir = next((tmp_path / "sweep").glob(f"gpt2-tiny-{name}-ctx64-*"))
+        run_dir = next((tmp_path / "sweep").glob(f"gpt2-tiny-ours-{name}-ctx64-*"))
         rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
         losses[name] = [m["train/loss"] for m in rows if "train/loss" in m]
     assert len(losses["naive"]) == 2

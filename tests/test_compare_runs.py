@@ -1,0 +1,47 @@
+"""benchmarks/compare_runs.py on run directories written the way train.py writes them."""
+
+import json
+import math
+
+import pytest
+
+from benchmarks.compare_runs import compare, load_dir, main
+
+
+def fake_run(path, attention, rates, val_losses, impl="ours"):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model": {"impl": impl}, "attention": {"name": attention},
+                                                  "context": 1024, "train": {"compile": "auto", "device": "cuda"}}))
+    rows = [{"step": 10 * (i + 1), "train/loss": 5.0 - 0.1 * i, "tokens_per_s": r, "mfu": r / 1e6,
+             "peak_mem_gb": 7.5, "tokens_seen": 16384 * 10 * (i + 1), "train_time_s": 10.0 * (i + 1)}
+            for i, r in enumerate(rates)]
+    rows += [{"step": 10 * (i + 1), "val/loss": v, "val/ppl": math.exp(v), "tokens_seen": 16384 * 10 * (i + 1),
+              "train_time_s": 10.0 * (i + 1)} for i, v in enumerate(val_losses)]
+    (path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_table_and_plots(tmp_path):
+    a = fake_run(tmp_path / "hf", "naive", [1.0, 100.0, 110.0, 120.0], [6.0, 5.5, 5.0, 4.8], impl="hf")
+    b = fake_run(tmp_path / "flash", "flash", [5.0, 300.0, 330.0, 360.0], [6.0, 5.4, 4.9, 4.7])
+    table, rows = compare([load_dir(a), load_dir(b)], baseline="hf", target_loss=5.0, out=tmp_path / "cmp")
+    hf, flash = rows
+    assert hf["tokens_per_s"] == 110.0 and flash["tokens_per_s"] == 330.0  # median, first interval left out
+    assert "| flash | ours | flash | on | 1024 | 330 | 3.00x |" in table
+    assert hf["time_to_target_s"] == 30.0 and flash["time_to_target_s"] == 30.0
+    assert flash["max_loss_diff"] == 0.0
+    for f in ("compare.md", "compare.json", "val_ppl.png", "tokens_per_s.png"):
+        assert (tmp_path / "cmp" / f).stat().st_size > 0
+
+
+def test_bad_input_is_one_clear_error(tmp_path, capsys):
+    run = fake_run(tmp_path / "a", "sdpa", [1.0, 2.0], [5.0])
+    with pytest.raises(SystemExit):
+        main([str(run), "--baseline", "nope"])
+    assert "--baseline 'nope' is not among the runs: a" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty/config.json is missing"):
+        main([str(tmp_path / "empty")])
+    with pytest.raises(SystemExit):
+        main(["no/such-dir"])
+    assert "not a run directory nor a wandb path" in capsys.readouterr().err
