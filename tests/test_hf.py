@@ -6,7 +6,6 @@ import torch
 from model import GPT, GPTConfig
 from model.hf import HFGPT
 
-pytest.importorskip("transformers")
 TINY = dict(n_layer=2, n_head=2, n_embd=32, context=16)
 
 
