@@ -3,6 +3,7 @@
     python train.py attention=flash context=4096
     python train.py model=gpt2-tiny data=owt-sample train.device=cpu train.max_steps=20
     python train.py -m attention=naive,sdpa,flash        # a sweep, one run each
+    python train.py experiment=finetune train.init_from=runs/RUN data=local data.train_files=[my.jsonl]
 
 Logs loss, perplexity, tokens/s, MFU and peak memory to wandb and to metrics.jsonl in the
 run directory; checkpoints there too (train.resume=true continues from the last one).
@@ -26,6 +27,7 @@ from data.batches import TrainBatches, check_length, eval_batches, tokens
 from data.prepare import prepare
 from model import GPT, GPTConfig, peak_flops
 from model.hf import HFGPT
+from model.pretrained import load_into
 
 CKPT = "ckpt.pt"
 
@@ -41,6 +43,14 @@ def build_model(cfg):
                          dropout=m.dropout, attn_dropout=m.attn_dropout, vocab_multiple=m.vocab_multiple,
                          cross_entropy=m.cross_entropy, xent_chunk=m.xent_chunk, attention=cfg.attention.name,
                          attention_options=OmegaConf.to_container(cfg.attention.options)))
+
+
+def init_weights(model, t):
+    """train.init_from: our checkpoint, a transformers GPT-2 folder or hf:NAME (model/pretrained.py)."""
+    if not isinstance(model, GPT):
+        raise ValueError("train.init_from loads into our model (model.impl=ours); model.impl=hf starts from our init")
+    source = t.init_from if str(t.init_from).startswith("hf:") else to_absolute_path(os.path.expanduser(t.init_from))
+    return load_into(model, source, t.init_positions)
 
 
 def compiled(model, t, on_cuda):
@@ -195,7 +205,10 @@ def train(cfg: DictConfig):
     check_length(train_data, cfg.context, "train")
     check_length(val_data, cfg.context, "val")
 
-    model = build_model(cfg).to(device)
+    model = build_model(cfg)
+    if t.init_from and not t.resume:  # weights only: optimizer, schedule and step start fresh
+        print(init_weights(model, t))
+    model.to(device)
     optimizer = model.optimizer(t.lr, t.weight_decay, t.betas, "cuda" if device.startswith("cuda") else "cpu")
     scheduler = lr_schedule(optimizer, t)
     batch_gen = torch.Generator().manual_seed(t.seed)

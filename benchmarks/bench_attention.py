@@ -93,7 +93,16 @@ def main():
     args = ap.parse_args()
 
     fns = providers(args.providers.split(","))
+    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                python=platform.python_version(), date=time.strftime("%Y-%m-%d"), tokens=args.tokens,
+                dtype="bfloat16", command=" ".join(sys.argv))
     rows = []
+
+    def save():  # after every row, so that a run cut short by a time limit keeps what it measured
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "attention.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
     for shape in args.shapes.split(","):
         d, heads = map(int, shape.split("x"))
         for causal in (c == "1" for c in args.causal.split(",")):
@@ -110,22 +119,20 @@ def main():
                         if isinstance(e, torch.OutOfMemoryError):  # recorded: Figure 3 marks it
                             rows.append(dict(provider=name, head_dim=d, heads=heads, causal=causal, seqlen=n,
                                              batch=batch, error="OOM"))
+                            save()
                         torch.cuda.empty_cache()
                         continue
                     row = dict(provider=name, head_dim=d, heads=heads, causal=causal, seqlen=n, batch=batch,
                                peak_mem_mb=mem / 2**20, **{f"ms_{m}": times[m] for m in MODES},
                                **{f"tflops_{m}": flops(batch, heads, n, d, causal, m) / times[m] / 1e9 for m in MODES})
                     rows.append(row)
+                    save()
                     print(f"{name:11s} d={d:3d} causal={int(causal)} N={n:5d} B={batch:2d} "
                           + " ".join(f"{m}={row['tflops_' + m]:6.1f}" for m in MODES)
                           + f" TFLOP/s  mem={row['peak_mem_mb']:8.1f}MB  ({time.time() - t0:.0f}s)", flush=True)
-    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                python=platform.python_version(), date=time.strftime("%Y-%m-%d"), tokens=args.tokens,
-                dtype="bfloat16", command=" ".join(sys.argv))
     print(ratio_table(rows))
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "attention.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        save()
         (args.out / "attention.md").write_text(f"# Attention benchmark\n\n{json.dumps(meta)}\n\n" + ratio_table(rows) + "\n")
         plot(rows, args.out / "attention.png")
 

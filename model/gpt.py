@@ -50,9 +50,11 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = cfg.attn_dropout
         self.attn = get_attention(cfg.attention, **cfg.attention_options)
 
-    def forward(self, x):
+    def forward(self, x, cache=None, layer=0):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
+        if cache is not None:  # the new queries attend to every cached key (bottom-right causal)
+            k, v = cache.append(layer, k, v)
         y = self.attn(q, k, v, causal=True, dropout_p=self.attn_dropout if self.training else 0.0)
         return self.resid_dropout(self.c_proj(y.reshape(B, T, C)))
 
@@ -76,9 +78,32 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), cache, layer)
         return x + self.mlp(self.ln_2(x))
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, for every layer, preallocated to max_len:
+    (n_layer, batch, max_len, heads, head_dim), the layout the attention backends take, so a
+    prefix is a strided view and nothing is copied per step. `length` advances once a forward
+    pass has run through all layers."""
+
+    def __init__(self, cfg, batch, max_len, device, dtype):
+        if max_len > cfg.context:
+            raise ValueError(f"{max_len} tokens exceed the model's context of {cfg.context} positions")
+        shape = (cfg.n_layer, batch, max_len, cfg.n_head, cfg.n_embd // cfg.n_head)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def append(self, layer, k, v):
+        end = self.length + k.shape[1]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache full: {end} tokens, room for {self.k.shape[2]}")
+        self.k[layer, :, self.length:end] = k
+        self.v[layer, :, self.length:end] = v
+        return self.k[layer, :, :end], self.v[layer, :, :end]
 
 
 class GPT(nn.Module):
@@ -122,17 +147,21 @@ class GPT(nn.Module):
     def flops_per_token(self, seq_len):
         return training_flops_per_token(self.cfg, self.num_params(non_embedding=True), seq_len)
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, cache=None):
         """Logits (B, T, vocab_size) when targets is None, else the mean cross-entropy loss
-        (the loss path never materialises the logits: model/loss.py)."""
+        (the loss path never materialises the logits: model/loss.py). With a KVCache, idx are
+        the tokens after the cached ones (prefill, then one token per decode step)."""
         B, T = idx.shape
-        if T > self.cfg.context:
-            raise ValueError(f"sequence length {T} exceeds the model's context of {self.cfg.context} "
+        start = cache.length if cache is not None else 0
+        if start + T > self.cfg.context:
+            raise ValueError(f"sequence length {start + T} exceeds the model's context of {self.cfg.context} "
                              "positions; build the model with a larger context")
-        pos = torch.arange(T, device=idx.device)
+        pos = torch.arange(start, start + T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.length += T
         x = self.transformer.ln_f(x)
         if targets is None:
             return self.lm_head(x)[..., :self.cfg.vocab_size]

@@ -5,35 +5,33 @@ layers store their weights transposed (in, out), and its vocabulary is not padde
 
     python train.py model.impl=hf attention=naive    # transformers' eager attention
     python train.py model.impl=hf attention=sdpa     # transformers' SDPA attention
+    python -m model.hf export runs/RUN/ckpt.pt OUT_DIR   # a GPT2LMHeadModel folder
+
+`register_flash()` makes our Triton kernel a transformers attention implementation:
+GPT2LMHeadModel.from_pretrained(OUT_DIR, attn_implementation="triton_fa2") then runs it.
 """
 
 import dataclasses
+import os
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.gpt import GPT, adamw, training_flops_per_token
+from model.gpt import GPT, GPTConfig, adamw, training_flops_per_token
+from model.pretrained import read, to_hf_state_dict
 
-HF_ATTENTION = {"naive": "eager", "sdpa": "sdpa"}  # our backend name -> attn_implementation
-CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-EMBEDDINGS = ("transformer.wte.weight", "lm_head.weight")
-
-
-def to_hf_state_dict(state_dict, vocab_size):
-    """Our GPT's state dict -> GPT2LMHeadModel's (Conv1D weights transposed, padding rows dropped)."""
-    out = {}
-    for name, t in state_dict.items():
-        if name.endswith(CONV1D):
-            t = t.t()
-        elif name in EMBEDDINGS:
-            t = t[:vocab_size]
-        out[name] = t.contiguous()
-    return out
+# Our kernel's name inside transformers. Not "flash": transformers takes any implementation
+# name containing "flash" for a flash-attn package or hub kernel and looks it up there.
+HF_FLASH = "triton_fa2"
+HF_ATTENTION = {"naive": "eager", "sdpa": "sdpa", "flash": HF_FLASH}  # our backend name -> attn_implementation
 
 
 def hf_config(cfg, attn_implementation="eager"):
     from transformers import GPT2Config
+    if attn_implementation == HF_FLASH:
+        register_flash()
     if not cfg.bias:
         raise ValueError("model.impl=hf needs bias=true: transformers' GPT-2 always has biases")
     return GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.context, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
@@ -50,8 +48,8 @@ class HFGPT(nn.Module):
         super().__init__()
         from transformers import GPT2LMHeadModel
         if cfg.attention not in HF_ATTENTION:
-            raise ValueError(f"model.impl=hf runs transformers' own attention: attention=naive (its eager "
-                             f"attention) or attention=sdpa, not {cfg.attention!r}")
+            raise ValueError(f"model.impl=hf runs transformers' attention: attention=naive (its eager attention), "
+                             f"attention=sdpa, or attention=flash (ours, registered with transformers), not {cfg.attention!r}")
         self.cfg = cfg
         ours = GPT(dataclasses.replace(cfg, attention="naive"))
         self.hf = GPT2LMHeadModel(hf_config(cfg, HF_ATTENTION[cfg.attention]))
@@ -77,3 +75,83 @@ class HFGPT(nn.Module):
 
     def optimizer(self, lr, weight_decay, betas, device_type):
         return adamw(self, lr, weight_decay, betas, device_type)
+
+
+# --------------------------------------------------------------------------------------------
+# Our kernel inside transformers
+# --------------------------------------------------------------------------------------------
+def flash_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' attention-function contract: query/key/value (B, H, N, d) -> ((B, N_q, H, d),
+    no weights). Causal (bottom-right: prefill and cached decoding alike); a padding mask is not
+    supported by the kernel and is refused rather than ignored."""
+    from attention.flash import flash_attention
+    if attention_mask is not None:
+        raise ValueError(f"attn_implementation={HF_FLASH!r} has no padding mask: pass unpadded batches "
+                         "(attention_mask all ones, or none)")
+    if query.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"attn_implementation={HF_FLASH!r} runs in float16 or bfloat16, got {query.dtype}: "
+                         "load the model with dtype=torch.bfloat16")
+    q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+    o = flash_attention(q, k, v, causal=getattr(module, "is_causal", True),
+                        dropout_p=dropout if module.training else 0.0, scale=scaling)
+    return o, None
+
+
+def register_flash():
+    """Register our kernel with transformers as HF_FLASH (idempotent). Its mask function is
+    FlashAttention-2's: no mask unless a sequence is padded."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+    AttentionInterface.register(HF_FLASH, flash_attention_forward)
+    AttentionMaskInterface.register(HF_FLASH, flash_attention_mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------
+# Where GPT-2's BPE files (encoder.json + vocab.bpe) are looked for when --tokenizer is not given.
+TOKENIZER_DIRS = [os.environ.get("GPT2_BPE_DIR", ""), str(Path(__file__).resolve().parents[2] / "shared/data/gpt2-bpe")]
+
+
+def export(source, out_dir, tokenizer_dir=None):
+    """Our checkpoint (or any init_from source) -> a GPT2LMHeadModel folder: config.json,
+    model.safetensors and, when GPT-2's BPE files are found, the tokenizer. Returns the model."""
+    from transformers import GPT2LMHeadModel
+    sd, arch, what = read(source)
+    cfg = GPTConfig(**arch)
+    hf = GPT2LMHeadModel(hf_config(cfg))
+    hf.load_state_dict(to_hf_state_dict(sd, cfg.vocab_size))
+    out_dir = Path(out_dir)
+    hf.save_pretrained(out_dir)  # safetensors
+    bpe = next((Path(d) for d in ([tokenizer_dir] if tokenizer_dir else TOKENIZER_DIRS)
+                if d and (Path(d) / "encoder.json").is_file() and (Path(d) / "vocab.bpe").is_file()), None)
+    if bpe is not None:
+        import shutil
+        import tempfile
+        from transformers import GPT2TokenizerFast
+        with tempfile.TemporaryDirectory() as tmp:  # the names from_pretrained looks for, in every version
+            shutil.copy(bpe / "encoder.json", Path(tmp) / "vocab.json")
+            shutil.copy(bpe / "vocab.bpe", Path(tmp) / "merges.txt")
+            GPT2TokenizerFast.from_pretrained(tmp).save_pretrained(out_dir)
+    print(f"exported {what} to {out_dir} (GPT2LMHeadModel, {sum(p.numel() for p in hf.parameters()):,} parameters, "
+          f"tokenizer {'from ' + str(bpe) if bpe else 'not found: pass --tokenizer DIR with encoder.json and vocab.bpe'})")
+    return hf
+
+
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m model.hf", description="transformers interop")
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export", help="write a GPT2LMHeadModel folder from our checkpoint")
+    e.add_argument("source", help="ckpt.pt, a run directory, or another init_from source")
+    e.add_argument("out_dir")
+    e.add_argument("--tokenizer", help="folder with GPT-2's encoder.json and vocab.bpe")
+    a = p.parse_args(argv)
+    try:
+        export(a.source, a.out_dir, a.tokenizer)
+    except (ValueError, FileNotFoundError) as err:
+        p.exit(2, f"error: {err}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,9 @@
 """Shared test setup: offline tokenizer and data from ../shared, one device choice."""
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,3 +34,29 @@ def shared_data():
     if not path.is_dir():
         pytest.skip(f"shared data not found at {path}")
     return path
+
+
+# train.py on the CPU at a few seconds a run: gpt2-tiny, context 64, 1K tokens a step.
+SMALL = ["experiment=smoke", "train.batch_tokens=1024", "train.micro_batch_tokens=512", "context=64",
+         "train.log_every=1", "train.eval_tokens=4096", "wandb.mode=offline"]
+
+
+def train_py(run_dir, cache_dir, *overrides):
+    """Run train.py in a subprocess; returns the CompletedProcess."""
+    cmd = [sys.executable, "train.py", *SMALL, f"hydra.run.dir={run_dir}", f"data.cache_dir={cache_dir}", *overrides]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A gpt2-tiny run of 30 steps with its checkpoint, shared by the reuse tests."""
+    if not (SHARED / "data").is_dir():
+        pytest.skip(f"shared data not found at {SHARED / 'data'}")
+    base = tmp_path_factory.mktemp("tiny")
+    r = train_py(base / "run", base / "cache", "train.max_steps=30", "train.ckpt_every=30", "train.eval_every=30")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return base / "run"

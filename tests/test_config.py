@@ -36,3 +36,10 @@ def test_unknown_attention_choice_is_rejected():
     with initialize_config_dir(str(CONF), version_base="1.3"):
         with pytest.raises(MissingConfigException, match="attention"):
             compose("config", ["attention=fast"])
+
+
+@pytest.mark.parametrize("attention", options("attention"))
+def test_generate_config_composes(attention):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("generate", ["init_from=runs/x", f"attention={attention}"])
+    assert cfg.attention.name == attention and cfg.max_new_tokens > 0 and cfg.cache

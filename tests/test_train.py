@@ -7,19 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SMALL, read_metrics, train_py
+
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["experiment=smoke", "train.batch_tokens=1024", "train.micro_batch_tokens=512", "context=64",
-         "train.log_every=1", "train.eval_tokens=4096", "wandb.mode=offline"]
 
 
 def run(tmp_path, *overrides):
-    cmd = [sys.executable, "train.py", *SMALL, f"hydra.run.dir={tmp_path / 'run'}",
-           f"data.cache_dir={tmp_path / 'cache'}", *overrides]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return train_py(tmp_path / "run", tmp_path / "cache", *overrides)
 
 
 def metrics(tmp_path):
-    return [json.loads(l) for l in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    return read_metrics(tmp_path / "run")
 
 
 def test_train_checkpoint_resume(tmp_path, shared_data):
@@ -99,3 +97,26 @@ def test_clip_folded_into_fused_adamw_equals_clip_grad_norm(max_norm):
         torch.testing.assert_close(a, b)
     for a, b in zip(p1, p2):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("context", [64, 128])
+def test_finetune_from_a_checkpoint(tmp_path, tiny_run, context):
+    """experiment=finetune: the parent's weights (positions extended at a longer context), a
+    fresh optimizer and schedule, other data; the first loss continues the parent's curve."""
+    cmd = [sys.executable, "train.py", "experiment=finetune", "model=gpt2-tiny", f"context={context}",
+           "train.device=cpu", f"train.init_from={tiny_run}", "data=local",
+           "data.train_files=[webtext-sample/webtext_sample.jsonl.xz]", "data.max_docs=300", "data.val_fraction=0.1",
+           f"data.cache_dir={tmp_path / 'cache'}", "train.batch_tokens=1024", "train.micro_batch_tokens=512",
+           "train.max_steps=4", "train.warmup_steps=2", "train.log_every=1", "train.eval_tokens=4096",
+           "wandb.mode=offline", f"hydra.run.dir={tmp_path / 'ft'}"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"weights from checkpoint {tiny_run / 'ckpt.pt'} (step 30)" in r.stdout
+    if context == 128:
+        assert "positions 64 -> 128 (copy)" in r.stdout
+    parent = [m["train/loss"] for m in read_metrics(tiny_run) if "train/loss" in m]
+    child = [m["train/loss"] for m in read_metrics(tmp_path / "ft") if "train/loss" in m]
+    print(parent[0], parent[-1], child[0])
+    assert abs(child[0] - parent[-1]) < 0.75 < parent[0] - child[0]
+    cfg = json.loads((tmp_path / "ft/config.json").read_text())
+    assert cfg["train"]["init_from"] == str(tiny_run) and cfg["train"]["lr"] == 6.0e-5 and cfg["wandb"]["group"] == "finetune"
