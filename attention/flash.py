@@ -416,9 +416,18 @@ KERNELS = {"fwd": flash2_fwd_kernel, "dkdv": flash2_bwd_dkdv_kernel, "dq": flash
 _tuned = {}
 
 
-def _kernel(name, d):
+# Decoding with a KV cache (a few queries against a cache that grows by one each step): the
+# autotuner keys on N_K, so it would tune again for every new token, seconds each. These
+# launches take one small-tile config instead.
+DECODE_MAX_N_Q = 16
+DECODE_CONFIG = dict(B_r=16, B_c=64, num_warps=4, num_stages=3)
+
+
+def _kernel(name, d, decode=False):
     """The kernel to launch and its fixed launch parameters: with autotuning, one autotuner per
     head dim over the configs that fit it (a plain config list, which Inductor can also read)."""
+    if decode and AUTOTUNE:
+        return KERNELS[name], DECODE_CONFIG
     if not AUTOTUNE:
         return KERNELS[name], _fixed_config(name, d)
     if (name, d) not in _tuned:
@@ -461,11 +470,11 @@ def _launch(name, D, n, tile, batch_heads, args, constexprs, signature, wrap=Non
         compiled, tail, block = hit
         compiled[(batch_heads, triton.cdiv(n, block), 1)](*args, *tail)
         return
-    kernel, tiles = _kernel(name, D)
+    kernel, tiles = _kernel(name, D, decode=name == "fwd" and n <= DECODE_MAX_N_Q)
     grid = lambda meta: (batch_heads, triton.cdiv(n, meta[tile]))  # noqa: E731
     compiled = (wrap(kernel) if wrap else kernel)[grid](*args, **constexprs, **tiles)
     if key is not None:
-        chosen = {**constexprs, **(kernel.best_config.kwargs if AUTOTUNE else tiles)}
+        chosen = {**constexprs, **(kernel.best_config.kwargs if hasattr(kernel, "best_config") else tiles)}
         tail = tuple(chosen[p] for p in KERNELS[name].arg_names[len(args):])
         if len(_COMPILED) > 4096:  # e.g. one entry per KV-cache length in generation
             _COMPILED.clear()

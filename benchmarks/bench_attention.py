@@ -80,13 +80,29 @@ def measure(fn, batch, heads, n, d, causal, dtype=torch.bfloat16):
     return {"fwd": t_fwd, "bwd": t_bwd, "fwd+bwd": t_all}, mem
 
 
+def shapes(a):
+    """(batch, heads, N, head_dim, causal) to measure: the product of the lists given."""
+    ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
+    for shape in a.shapes.split(","):
+        d, heads = map(int, shape.split("x"))
+        head_counts = [e // d for e in ints(a.embd)] if a.embd else ints(a.heads) if a.heads else [heads]
+        for causal in (c == "1" for c in a.causal.split(",")):
+            for n in ints(a.seqlens):
+                for h in head_counts:
+                    for batch in (ints(a.batch) if a.batch else [max(1, a.tokens // n)]):
+                        yield batch, h, n, d, causal
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--providers", default="flash,sdpa-flash,sdpa-cudnn,flex,naive,flash1")
     ap.add_argument("--seqlens", default="512,1024,2048,4096,8192,16384")
     ap.add_argument("--shapes", default="64x12,128x16", help="head_dim x heads, comma-separated")
     ap.add_argument("--causal", default="1,0")
-    ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--tokens", type=int, default=16384, help="batch = tokens // N, unless --batch is given")
+    ap.add_argument("--batch", default=None, help="batch sizes to sweep (comma-separated)")
+    ap.add_argument("--heads", default=None, help="head counts to sweep, overriding the shapes' counts")
+    ap.add_argument("--embd", default=None, help="embedding dims to sweep: heads = embd // head_dim")
     ap.add_argument("--naive-max-n", type=int, default=8192, help="naive's N x N scores get large")
     ap.add_argument("--flash1-max-n", type=int, default=4096, help="FA1's batch x heads parallelism is slow")
     ap.add_argument("--out", type=Path, default=None)
@@ -103,33 +119,29 @@ def main():
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "attention.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 
-    for shape in args.shapes.split(","):
-        d, heads = map(int, shape.split("x"))
-        for causal in (c == "1" for c in args.causal.split(",")):
-            for n in map(int, args.seqlens.split(",")):
-                batch = max(1, args.tokens // n)
-                for name, fn in fns.items():
-                    if (name == "naive" and n > args.naive_max_n) or (name == "flash1" and n > args.flash1_max_n):
-                        continue
-                    t0 = time.time()
-                    try:
-                        times, mem = measure(fn, batch, heads, n, d, causal)
-                    except Exception as e:  # a provider that rejects a shape is reported, not fatal
-                        print(f"{name} d={d} causal={causal} N={n}: {type(e).__name__}: {str(e)[:200]}", flush=True)
-                        if isinstance(e, torch.OutOfMemoryError):  # recorded: Figure 3 marks it
-                            rows.append(dict(provider=name, head_dim=d, heads=heads, causal=causal, seqlen=n,
-                                             batch=batch, error="OOM"))
-                            save()
-                        torch.cuda.empty_cache()
-                        continue
-                    row = dict(provider=name, head_dim=d, heads=heads, causal=causal, seqlen=n, batch=batch,
-                               peak_mem_mb=mem / 2**20, **{f"ms_{m}": times[m] for m in MODES},
-                               **{f"tflops_{m}": flops(batch, heads, n, d, causal, m) / times[m] / 1e9 for m in MODES})
-                    rows.append(row)
+    for batch, heads, n, d, causal in shapes(args):
+        for name, fn in fns.items():
+            if (name == "naive" and n > args.naive_max_n) or (name == "flash1" and n > args.flash1_max_n):
+                continue
+            t0 = time.time()
+            try:
+                times, mem = measure(fn, batch, heads, n, d, causal)
+            except Exception as e:  # a provider that rejects a shape is reported, not fatal
+                print(f"{name} d={d} causal={causal} N={n}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                if isinstance(e, torch.OutOfMemoryError):  # recorded: Figure 3 marks it
+                    rows.append(dict(provider=name, head_dim=d, heads=heads, causal=causal, seqlen=n,
+                                     batch=batch, error="OOM"))
                     save()
-                    print(f"{name:11s} d={d:3d} causal={int(causal)} N={n:5d} B={batch:2d} "
-                          + " ".join(f"{m}={row['tflops_' + m]:6.1f}" for m in MODES)
-                          + f" TFLOP/s  mem={row['peak_mem_mb']:8.1f}MB  ({time.time() - t0:.0f}s)", flush=True)
+                torch.cuda.empty_cache()
+                continue
+            row = dict(provider=name, head_dim=d, heads=heads, causal=causal, seqlen=n, batch=batch,
+                       peak_mem_mb=mem / 2**20, **{f"ms_{m}": times[m] for m in MODES},
+                       **{f"tflops_{m}": flops(batch, heads, n, d, causal, m) / times[m] / 1e9 for m in MODES})
+            rows.append(row)
+            save()
+            print(f"{name:11s} d={d:3d} causal={int(causal)} N={n:5d} B={batch:2d} "
+                  + " ".join(f"{m}={row['tflops_' + m]:6.1f}" for m in MODES)
+                  + f" TFLOP/s  mem={row['peak_mem_mb']:8.1f}MB  ({time.time() - t0:.0f}s)", flush=True)
     print(ratio_table(rows))
     if args.out:
         save()

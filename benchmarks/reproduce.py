@@ -33,6 +33,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks import kernel_figures  # noqa: E402
 from benchmarks.compare_runs import compare, load_dir  # noqa: E402
 
 TABLE2 = [  # name, overrides; the first is the baseline
@@ -103,97 +104,165 @@ def train(run_dir, experiment, name, overrides, extra, steps_per_run):
     return f"{name}: {'finished' if finished(run_dir) else 'stopped early (resume with the same command)'}"
 
 
-def run_table(out, table, runs, budget, extra, steps_per_run):
+def progress(run_dir):
+    """A run's state without running it: finished, stopped at a step, or not run."""
+    if finished(run_dir):
+        return "finished"
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text())
+        steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return "not run"
+    return f"stopped at step {max(steps, default=0)} of {cfg['train']['max_steps']} (resume with the same command)"
+
+
+def run_table(out, table, runs, budget, extra, steps_per_run, run=True):
     experiment = table if budget == "small" else f"{table}-{budget}"
-    status = [train(out / "runs" / table / name, experiment, name, o, extra, steps_per_run) for name, o in runs]
-    done = [out / "runs" / table / name for name, _ in runs if finished(out / "runs" / table / name)]
-    if len(done) < len(runs):
+    dirs = {name: out / "runs" / table / name for name, _ in runs}
+    if run:
+        meta = dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor()})",
+                    date=time.strftime("%Y-%m-%d"), torch=torch.__version__, command=" ".join(sys.argv))
+        (out / table).mkdir(parents=True, exist_ok=True)
+        (out / table / "meta.json").write_text(json.dumps(meta, indent=1))
+        for name, o in runs:
+            train(dirs[name], experiment, name, o, extra, steps_per_run)
+    status = [f"{name}: {progress(d)}" for name, d in dirs.items()]
+    done = [d for d in dirs.values() if finished(d)]
+    shown = [d for d in dirs.values() if (d / "metrics.jsonl").is_file()]
+    if not done:
         return status, None
-    runs = [load_dir(d) for d in done]
-    # The paper's speed is time to a perplexity: here the validation loss every run reaches.
-    target = round(max(r["val"][-1]["val/loss"] for r in runs), 3) + 0.0005
-    text, rows = compare(runs, target_loss=target, out=out / table)
+    # The paper's speed is time to a perplexity: here the validation loss every finished run reaches.
+    target = round(round(max(load_dir(d)["val"][-1]["val/loss"] for d in done), 3) + 0.0005, 4)
+    text, rows = compare([load_dir(d) for d in shown], target_loss=target, out=out / table)
+    meta_file = out / table / "meta.json"
+    if meta_file.is_file():
+        m = json.loads(meta_file.read_text())
+        status.insert(0, f"measured on {m['device']}, {m['date']}, torch {m['torch']}: `{m['command']}`")
     return status, (text, rows)
 
 
 def table4_summary(rows):
     base = rows[0]
-    lines = ["| run | context | val ppl | tokens/s | speedup vs " + base["run"] + " | peak GB |", "|---|---|---|---|---|---|"]
+    lines = ["| run | context | tokens trained | val ppl | tokens/s | speedup vs " + base["run"] + " | peak GB |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['run']} | {r['context']} | {math.exp(r['val_loss']):.2f} | {r['tokens_per_s']:,.0f} | "
+        lines.append(f"| {r['run']} | {r['context']} | {r['tokens']:,} | {math.exp(r['val_loss']):.2f} | {r['tokens_per_s']:,.0f} | "
                      f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x | {r['peak_mem_gb']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
-def figures(out, budget):
+BENCH = [sys.executable, "benchmarks/bench_attention.py"]
+FIGURE3 = ["--providers", "flash,sdpa-flash,naive", "--shapes", "64x12", "--causal", "1", "--tokens", "65536",
+           "--naive-max-n", "65536"]
+# The seed reports' sweeps: one dimension at a time around GPT-2 small's attention (N=1024,
+# batch 16, 12 heads of 64), causal and not; flash1 and naive beside ours and SDPA's FA2.
+SWEEP_PROVIDERS = ["--providers", "flash,flash1,sdpa-flash,naive"]
+SWEEPS = {
+    "batch": ["--shapes", "64x12", "--seqlens", "1024", "--batch", "1,2,4,8,16,32,64"],
+    "heads": ["--shapes", "64x12", "--seqlens", "1024", "--batch", "16", "--heads", "1,2,4,8,12,16,32"],
+    "embd": ["--shapes", "64x12", "--seqlens", "1024", "--batch", "16", "--embd", "256,512,768,1024,1536,2048"],
+    "head_dim": ["--shapes", "16x48,32x24,64x12,128x6,256x3", "--seqlens", "1024", "--batch", "16"],
+    "grid": ["--shapes", "64x12", "--causal", "1", "--seqlens", "512,1024,2048,4096,8192", "--batch", "1,2,4,8,16,32",
+             "--providers", "flash"],
+}
+
+
+def bench(out_dir, args, run):
+    """bench_attention.py into out_dir (when `run` and a GPU is there); its rows, or None."""
+    if run and torch.cuda.is_available():
+        cmd = [*BENCH, *args, "--out", str(out_dir)]
+        print("$", " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
+    path = out_dir / "attention.json"
+    return (json.loads(path.read_text()), f"`python {' '.join(BENCH[1:] + args)}`") if path.is_file() else (None, None)
+
+
+def measured(meta):
+    return f"{meta['device']}, {meta['date']}, torch {meta['torch']}, triton {meta['triton']}"
+
+
+def figures(out, budget, run):
     """Figure 3: fwd+bwd time and memory, flash vs standard attention, N = 128 ... 65536."""
-    if not torch.cuda.is_available():
-        return "Figure 3: needs a GPU (skipped).\n"
-    fig = out / "figure3"
     seqlens = ",".join(str(2 ** k) for k in range(7, 17 if budget != "toy" else 11))
-    cmd = [sys.executable, "benchmarks/bench_attention.py", "--providers", "flash,sdpa-flash,naive", "--shapes", "64x12",
-           "--causal", "1", "--seqlens", seqlens, "--tokens", "65536", "--naive-max-n", "65536", "--out", str(fig)]
-    print("$", " ".join(cmd[1:]), flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    draw_figure3(json.loads((fig / "attention.json").read_text())["rows"], fig / "figure3.png")
-    return f"![Figure 3](figure3/figure3.png)\n\nCommand: `python {' '.join(cmd[1:])}`\n"
+    data, cmd = bench(out / "figure3", [*FIGURE3, "--seqlens", seqlens], run)
+    if data is None:
+        return "Figure 3: not measured (needs a GPU: `--only figures`).\n"
+    kernel_figures.figure3(data["rows"], out / "figure3" / "figure3.png")
+    return f"![Figure 3](figure3/figure3.png)\n\nMeasured on {measured(data['meta'])}: {cmd}\n"
 
 
-def draw_figure3(rows, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for prov in dict.fromkeys(r["provider"] for r in rows):
-        ok = sorted((r["seqlen"], r["ms_fwd+bwd"], r["peak_mem_mb"]) for r in rows if r["provider"] == prov and "error" not in r)
-        oom = sorted(r["seqlen"] for r in rows if r["provider"] == prov and r.get("error") == "OOM")
-        for ax, i in ((axes[0], 1), (axes[1], 2)):
-            line, = ax.plot([p[0] for p in ok], [p[i] for p in ok], marker="o", label=prov)
-            for n in oom:
-                ax.annotate("OOM", (n, ax.get_ylim()[1] if ok else 1), color=line.get_color(), fontsize=8, ha="center")
-    for ax, label in zip(axes, ("fwd+bwd time (ms)", "memory beyond the inputs (MB)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("sequence length (batch x length = 65536 tokens, 12 heads, d=64, causal)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def sweeps(out, run):
+    """The seed reports' kernel sweeps (batch, heads, embedding dim, head dim) and heatmap."""
+    lines = []
+    for name, args in SWEEPS.items():
+        data, cmd = bench(out / "sweeps" / name, args if name == "grid" else [*SWEEP_PROVIDERS, *args], run)
+        if data is None:
+            lines.append(f"- {name}: not measured (needs a GPU: `--only sweeps`)")
+            continue
+        png = out / "sweeps" / f"{name}.png"
+        (kernel_figures.heatmap if name == "grid" else lambda r, p: kernel_figures.sweep(r, p, name))(data["rows"], png)
+        lines.append(f"- {name}: ![{name}](sweeps/{name}.png) measured on {measured(data['meta'])}: {cmd}")
+    return "\n".join(lines) + "\n"
+
+
+def seed_figures(out, tables):
+    """Speedup over standard attention, FA1 vs FA2, forward vs backward, from the committed
+    sequence-length tables (benchmarks/results/<gpu>/d64, d128)."""
+    rows, sources = [], []
+    for t in tables:
+        if (t / "attention.json").is_file():
+            data = json.loads((t / "attention.json").read_text())
+            rows += data["rows"]
+            sources.append(f"[{t.name}]({Path('..') / t.name / 'attention.md'}) ({measured(data['meta'])}: "
+                           f"`python {data['meta']['command']}`)")
+    if not rows:
+        return "No sequence-length tables found.\n"
+    fig = out / "kernels"
+    fig.mkdir(parents=True, exist_ok=True)
+    for name in ("speedup_bars", "fa1_vs_fa2", "fwd_vs_bwd"):
+        getattr(kernel_figures, name)(rows, fig / f"{name}.png")
+    return ("![speedup over standard attention](kernels/speedup_bars.png)\n\n![FA1 vs FA2](kernels/fa1_vs_fa2.png)\n\n"
+            "![forward vs backward](kernels/fwd_vs_bwd.png)\n\nFrom " + "; ".join(sources) + "\n")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path)
-    p.add_argument("--only", default="table2,table4,figures")
+    p.add_argument("--only", default="table2,table4,figures,sweeps", help="parts to run")
+    p.add_argument("--report-only", action="store_true", help="run nothing: the report from what OUT_DIR holds")
     p.add_argument("--budget", choices=("toy", "small", "paper"), default="small")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra train.py overrides for every run")
     p.add_argument("--steps-per-run", type=int, help="stop each run after this many steps (resume on the next call)")
+    p.add_argument("--kernel-tables", nargs="*", type=Path, help="sequence-length tables of bench_attention.py for "
+                   "the seed-report figures (default: the d64 and d128 folders beside OUT_DIR)")
     a = p.parse_args(argv)
-    parts = a.only.split(",")
-    unknown = set(parts) - {"table2", "table4", "figures"}
+    parts = set(a.only.split(",")) if not a.report_only else set()
+    unknown = parts - {"table2", "table4", "figures", "sweeps"}
     if unknown:
-        p.error(f"unknown --only parts {sorted(unknown)}: table2, table4, figures")
+        p.error(f"unknown --only parts {sorted(unknown)}: table2, table4, figures, sweeps")
     a.out.mkdir(parents=True, exist_ok=True)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'unknown'})"
     report = [f"# FlashAttention paper reproduction ({a.budget} budget)", "",
-              f"{device}, {time.strftime('%Y-%m-%d')}, torch {torch.__version__}. Command: "
-              f"`python -m benchmarks.reproduce {' '.join(sys.argv[1:] if argv is None else argv)}`", ""]
-    if "table2" in parts:
-        status, result = run_table(a.out, "table2", TABLE2, a.budget, a.set, a.steps_per_run)
-        report += ["## Table 2: training speed, same model, same curve", "", *[f"- {s}" for s in status], ""]
-        if result:
-            report += [result[0], "![val ppl](table2/val_ppl.png) ![tokens/s](table2/tokens_per_s.png)", ""]
-        report += ["The paper's Table 2 (quoted):", "", PAPER_TABLE2]
-    if "table4" in parts:
-        status, result = run_table(a.out, "table4", table4_runs(a.budget), a.budget, a.set, a.steps_per_run)
-        report += ["## Table 4: longer context, better model", "", *[f"- {s}" for s in status], ""]
-        if result:
-            report += [table4_summary(result[1]), "![val ppl](table4/val_ppl.png)",
-                       "![loss by position](table4/loss_by_position.png)", "", "All runs:", "", result[0]]
-        report += ["The paper's Table 4 (quoted):", "", PAPER_TABLE4]
-    if "figures" in parts:
-        report += ["## Figure 3: runtime and memory against sequence length", "", figures(a.out, a.budget)]
+              f"Report written {time.strftime('%Y-%m-%d')} by `python -m benchmarks.reproduce "
+              f"{' '.join(sys.argv[1:] if argv is None else argv)}`; each part says where and how it was measured. "
+              "Every part present in OUT_DIR is reported; --only chooses what runs.", ""]
+    status, result = run_table(a.out, "table2", TABLE2, a.budget, a.set, a.steps_per_run, "table2" in parts)
+    report += ["## Table 2: training speed, same model, same curve", "", *[f"- {s}" for s in status], ""]
+    if result:
+        report += [result[0], "![val ppl](table2/val_ppl.png) ![tokens/s](table2/tokens_per_s.png)", ""]
+    report += ["The paper's Table 2 (quoted):", "", PAPER_TABLE2]
+    status, result = run_table(a.out, "table4", table4_runs(a.budget), a.budget, a.set, a.steps_per_run, "table4" in parts)
+    report += ["## Table 4: longer context, better model", "", *[f"- {s}" for s in status], ""]
+    if result:
+        report += [table4_summary(result[1]), "![val ppl](table4/val_ppl.png)",
+                   "![loss by position](table4/loss_by_position.png)", "", "All runs:", "", result[0]]
+    report += ["The paper's Table 4 (quoted):", "", PAPER_TABLE4]
+    report += ["## Figure 3: runtime and memory against sequence length", "", figures(a.out, a.budget, "figures" in parts)]
+    tables = a.kernel_tables if a.kernel_tables is not None else [a.out.parent / "d64", a.out.parent / "d128"]
+    report += ["## Kernel benchmarks of the seed reports", "", seed_figures(a.out, tables), "",
+               "### Sweeps: batch, heads, embedding dim, head dim; TFLOP/s heatmap", "", sweeps(a.out, "sweeps" in parts)]
+    notes = a.out / "reading.md"  # a hand-written reading of the measured results, when present
+    if notes.is_file():
+        report += ["## Reading", "", notes.read_text()]
     (a.out / "report.md").write_text("\n".join(report) + "\n")
     print(f"wrote {a.out / 'report.md'}")
 

@@ -22,6 +22,9 @@ def test_reproduce_toy_budget(tmp_path, shared_data, monkeypatch, capsys):
         assert (out / f).stat().st_size > 0
     by_position = json.loads((out / "runs/table4/flash-256/loss_by_position.json").read_text())["loss"]
     assert len(by_position) == 256
+    assert "- flash-256: finished" in report and "Figure 3: not measured" in report
     capsys.readouterr()
-    main(args)
-    assert "reused" in (out / "report.md").read_text()
+    main(args)  # finished runs are reused: nothing trains again
+    assert "$ train.py" not in capsys.readouterr().out
+    main([str(out), "--report-only"])
+    assert (out / "report.md").read_text().count("| flash-256 | 256 |") == 1

@@ -1,0 +1,150 @@
+"""Figures of the attention benchmark, drawn from committed results tables (attention.json
+rows of benchmarks/bench_attention.py), never from typed-in numbers.
+
+- figure3: the paper's Figure 3, fwd+bwd time and memory against sequence length, OOM marked;
+- speedup_bars: our fwd+bwd speedup over standard attention per sequence length;
+- fa1_vs_fa2: FlashAttention-1 against -2 (ours), TFLOP/s against sequence length;
+- fwd_vs_bwd: forward and backward TFLOP/s apart, ours against SDPA's kernels;
+- sweep: time, TFLOP/s and memory against one swept dimension (batch, heads, embedding or
+  head dim); heatmap: TFLOP/s over batch x sequence length.
+"""
+
+import json
+from pathlib import Path
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def load(path):
+    return json.loads(Path(path).read_text())["rows"]
+
+
+def ok(rows, **match):
+    return [r for r in rows if "error" not in r and all(r.get(k) == v for k, v in match.items())]
+
+
+def providers(rows):
+    return list(dict.fromkeys(r["provider"] for r in rows))
+
+
+def figure3(rows, path):
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for prov in providers(rows):
+        pts = sorted((r["seqlen"], r["ms_fwd+bwd"], r["peak_mem_mb"]) for r in ok(rows, provider=prov))
+        oom = sorted(r["seqlen"] for r in rows if r["provider"] == prov and r.get("error") == "OOM")
+        for ax, i in ((axes[0], 1), (axes[1], 2)):
+            line, = ax.plot([p[0] for p in pts], [p[i] for p in pts], marker="o", label=prov)
+            for n in oom:
+                ax.axvline(n, color=line.get_color(), ls=":", lw=1)
+                ax.text(n, 0.95, "OOM", color=line.get_color(), fontsize=7, ha="center", transform=ax.get_xaxis_transform())
+    for ax, label in zip(axes, ("fwd+bwd time (ms)", "memory beyond the inputs (MB)")):
+        ax.set(xscale="log", yscale="log", xlabel="sequence length (batch x length = 65536 tokens, 12 heads, d=64, causal)",
+               ylabel=label)
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _combos(rows):
+    return sorted({(r["head_dim"], r["causal"]) for r in ok(rows)}, key=lambda c: (c[0], not c[1]))
+
+
+def speedup_bars(rows, path, ours="flash", baseline="naive"):
+    plt = _plt()
+    combos = _combos(rows)
+    fig, axes = plt.subplots(1, len(combos), figsize=(4 * len(combos), 3.5), squeeze=False)
+    for ax, (d, causal) in zip(axes[0], combos):
+        base = {r["seqlen"]: r["ms_fwd+bwd"] for r in ok(rows, provider=baseline, head_dim=d, causal=causal)}
+        pts = sorted((r["seqlen"], base[r["seqlen"]] / r["ms_fwd+bwd"])
+                     for r in ok(rows, provider=ours, head_dim=d, causal=causal) if r["seqlen"] in base)
+        bars = ax.bar([str(n) for n, _ in pts], [s for _, s in pts])
+        ax.bar_label(bars, fmt="%.1fx", fontsize=7)
+        ax.set(title=f"d={d}, {'causal' if causal else 'non-causal'}", xlabel="sequence length",
+               ylabel=f"fwd+bwd speedup over {baseline}")
+        ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _lines(rows, path, series, ylabel):
+    """One panel per (head dim, causal); series: (label, provider, column, style)."""
+    plt = _plt()
+    combos = _combos(rows)
+    fig, axes = plt.subplots(1, len(combos), figsize=(4 * len(combos), 3.5), squeeze=False)
+    for ax, (d, causal) in zip(axes[0], combos):
+        for label, prov, col, style in series:
+            pts = sorted((r["seqlen"], r[col]) for r in ok(rows, provider=prov, head_dim=d, causal=causal))
+            if pts:
+                ax.plot(*zip(*pts), style, marker="o", ms=3, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set(title=f"d={d}, {'causal' if causal else 'non-causal'}", xlabel="sequence length", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def fa1_vs_fa2(rows, path):
+    _lines(rows, path, [(f"{p} {m}", p, f"tflops_{m}", s) for p in ("flash", "flash1")
+                        for m, s in (("fwd+bwd", "-"), ("fwd", "--"))], "TFLOP/s")
+
+
+def fwd_vs_bwd(rows, path):
+    _lines(rows, path, [(f"{p} {m}", p, f"tflops_{m}", s) for p in ("flash", "sdpa-flash", "sdpa-cudnn")
+                        for m, s in (("fwd", "--"), ("bwd", "-"))], "TFLOP/s")
+
+
+SWEEP_AXES = {"batch": ("batch", "batch size"), "heads": ("heads", "number of heads"),
+              "embd": (None, "embedding dim (heads x head dim)"), "head_dim": ("head_dim", "head dim")}
+
+
+def sweep(rows, path, axis):
+    """Time, TFLOP/s and memory against one swept dimension, per provider (fwd+bwd; causal and
+    non-causal as separate line styles)."""
+    plt = _plt()
+    key, label = SWEEP_AXES[axis]
+    x = (lambda r: r["heads"] * r["head_dim"]) if key is None else (lambda r: r[key])
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for prov in providers(rows):
+        for causal, style in ((True, "-"), (False, "--")):
+            pts = sorted((x(r), r["ms_fwd+bwd"], r["tflops_fwd+bwd"], r["peak_mem_mb"])
+                         for r in ok(rows, provider=prov, causal=causal))
+            for ax, i in zip(axes, (1, 2, 3)):
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[i] for p in pts], style, marker="o", ms=3,
+                            label=f"{prov}{'' if causal else ' non-causal'}")
+    for ax, y in zip(axes, ("fwd+bwd time (ms)", "fwd+bwd TFLOP/s", "memory beyond the inputs (MB)")):
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel=label, ylabel=y)
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def heatmap(rows, path, provider="flash"):
+    plt = _plt()
+    pts = ok(rows, provider=provider)
+    batches, seqlens = sorted({r["batch"] for r in pts}), sorted({r["seqlen"] for r in pts})
+    grid = [[next((r["tflops_fwd+bwd"] for r in pts if r["batch"] == b and r["seqlen"] == n), float("nan"))
+             for n in seqlens] for b in batches]
+    fig, ax = plt.subplots(figsize=(1.1 * len(seqlens) + 2, 0.6 * len(batches) + 1.5))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="w", fontsize=7)
+    ax.set_xticks(range(len(seqlens)), seqlens)
+    ax.set_yticks(range(len(batches)), batches)
+    ax.set(xlabel="sequence length", ylabel="batch", title=f"{provider} fwd+bwd TFLOP/s")
+    fig.colorbar(im)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
