@@ -165,15 +165,12 @@ def evaluate(model, data, micro_batch, context, device, autocast, max_tokens, by
     total, count, per_position = 0.0, 0, torch.zeros(context, dtype=torch.float64, device=device)
     for x, y in eval_batches(data, micro_batch, context, device, max_tokens):
         with autocast:
-            if by_position:
-                logits = model(x)
+            out = model(x) if by_position else model(x, y)  # logits, or the loss from the fused path
+        loss = out
         if by_position:
-            losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")
+            losses = torch.nn.functional.cross_entropy(out.float().transpose(1, 2), y, reduction="none")
             per_position += losses.sum(0).double()
             loss = losses.mean()
-        else:
-            with autocast:
-                loss = model(x, y)
         total += loss.item() * y.numel()
         count += y.numel()
     model.train()

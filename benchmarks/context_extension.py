@@ -15,7 +15,6 @@
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -25,19 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.reproduce import finished  # noqa: E402
-
-
-def train(run_dir, overrides):
-    if finished(run_dir):
-        return
-    cmd = [sys.executable, "train.py", "experiment=table4", *overrides, f"hydra.run.dir={run_dir}",
-           f"wandb.name=context-extension-{run_dir.name}"]
-    print("$", " ".join(cmd[1:]), flush=True)
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    (run_dir / "train.log").write_text(r.stdout + r.stderr) if run_dir.is_dir() else None
-    if r.returncode:
-        raise RuntimeError(f"{run_dir.name} failed:\n{r.stderr[-3000:]}")
+from benchmarks.reproduce import train  # noqa: E402
 
 
 def val_loss(source, context, positions, overrides):
@@ -75,7 +62,7 @@ def main():
     a.out.mkdir(parents=True, exist_ok=True)
     base = a.base_context
     parent = a.out / f"parent-{base}"
-    train(parent, [f"context={base}", *a.set])
+    train(parent, "table4", [f"context={base}", *a.set])
     rows = [dict(model="parent", context=base, positions="-", step="before", val_loss=val_loss(parent, base, "copy", a.set)[0])]
     for how in a.positions.split(","):
         loss, account = val_loss(parent, a.context, how, a.set)
@@ -86,7 +73,7 @@ def main():
         ours = {"context": a.context, "train.init_from": parent, "train.init_positions": how, "train.max_steps": a.steps,
                 "train.warmup_steps": a.steps // 10, "train.lr": a.lr, "train.min_lr": a.lr / 10, "train.eval_every": a.steps}
         given = dict(o.split("=", 1) for o in a.set)
-        train(run, [f"{k}={v}" for k, v in (given | ours).items()])
+        train(run, "table4", [f"{k}={v}" for k, v in (given | ours).items()])
         last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "val/loss" in line][-1]
         rows.append(dict(model="parent, extended", context=a.context, positions=how, step=f"after {a.steps} steps",
                          val_loss=last["val/loss"]))

@@ -81,14 +81,13 @@ def finished(run_dir):
     return any(r["step"] == cfg["train"]["max_steps"] and "val/loss" in r for r in rows)
 
 
-def train(run_dir, experiment, name, overrides, extra, steps_per_run):
-    """One train.py run (resumed when a checkpoint is there); returns its status line."""
+def train(run_dir, experiment, overrides, extra=(), steps_per_run=None):
+    """One train.py run into run_dir: skipped when finished there, resumed from its checkpoint."""
     if finished(run_dir):
-        return f"{name}: reused {run_dir}"
-    on_gpu = torch.cuda.is_available()
-    if not on_gpu and "attention=flash" in overrides:  # the interpreter would take hours
-        overrides = [o.replace("attention=flash", "attention=sdpa") for o in overrides]
-        name += " (sdpa standing in for flash: no GPU)"
+        print(f"reusing {run_dir}", flush=True)
+        return
+    if not torch.cuda.is_available() and "attention=flash" in overrides:  # the interpreter would take hours
+        overrides = [o.replace("attention=flash", "attention=sdpa") for o in overrides]  # (config.json says so)
     cmd = [sys.executable, "train.py", f"experiment={experiment}", *overrides, *extra,
            f"hydra.run.dir={run_dir}", f"wandb.name={run_dir.parent.name}-{run_dir.name}"]
     if (run_dir / "ckpt.pt").is_file():
@@ -99,9 +98,8 @@ def train(run_dir, experiment, name, overrides, extra, steps_per_run):
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     (run_dir / "train.log").write_text(r.stdout + r.stderr) if run_dir.is_dir() else None
     if r.returncode != 0:
-        raise RuntimeError(f"run {name} failed (exit {r.returncode}); its log: {run_dir / 'train.log'}\n"
+        raise RuntimeError(f"run {run_dir.name} failed (exit {r.returncode}); its log: {run_dir / 'train.log'}\n"
                            + r.stderr[-2000:])
-    return f"{name}: {'finished' if finished(run_dir) else 'stopped early (resume with the same command)'}"
 
 
 def progress(run_dir):
@@ -125,7 +123,7 @@ def run_table(out, table, runs, budget, extra, steps_per_run, run=True):
         (out / table).mkdir(parents=True, exist_ok=True)
         (out / table / "meta.json").write_text(json.dumps(meta, indent=1))
         for name, o in runs:
-            train(dirs[name], experiment, name, o, extra, steps_per_run)
+            train(dirs[name], experiment, o, extra, steps_per_run)
     status = [f"{name}: {progress(d)}" for name, d in dirs.items()]
     done = [d for d in dirs.values() if finished(d)]
     shown = [d for d in dirs.values() if (d / "metrics.jsonl").is_file()]

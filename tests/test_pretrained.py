@@ -30,7 +30,7 @@ def test_hf_layout_round_trip():
 def test_checkpoint_into_model_gives_equal_logits(tmp_path):
     torch.manual_seed(0)
     src = GPT(GPTConfig(**TINY))
-    path = save_ckpt(src, tmp_path / "ckpt.pt")
+    save_ckpt(src, tmp_path / "ckpt.pt")
     torch.manual_seed(1)
     dst = GPT(GPTConfig(**TINY, vocab_multiple=64))  # another padding: the real rows move, not the padding
     assert "step 7" in load_into(dst, tmp_path)  # the run directory finds its ckpt.pt
