@@ -14,6 +14,9 @@ from contextlib import nullcontext
 import hydra
 import tiktoken
 import torch
+
+if not torch.cuda.is_available():  # our kernels then run in Triton's CPU interpreter (slow, fp16)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 

@@ -183,6 +183,8 @@ def evaluate(model, data, micro_batch, context, device, autocast, max_tokens, by
 
 def train(cfg: DictConfig):
     t = cfg.train
+    if t.device == "auto":  # resolved into the saved config, so that readers see what ran
+        t.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = t.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu")
