@@ -4,9 +4,13 @@
     python train.py model=gpt2-tiny data=owt-sample train.device=cpu train.max_steps=20
     python train.py -m attention=naive,sdpa,flash        # a sweep, one run each
     python train.py experiment=finetune train.init_from=runs/RUN data=local data.train_files=[my.jsonl]
+    torchrun --nproc_per_node=8 train.py [train.parallel=fsdp] ...      # data-parallel, same global batch
 
 Logs loss, perplexity, tokens/s, MFU and peak memory to wandb and to metrics.jsonl in the
-run directory; checkpoints there too (train.resume=true continues from the last one).
+run directory; checkpoints there too (train.resume=true continues from the newest good one;
+SIGTERM or SIGUSR1 ends a run after its step with a checkpoint). One home each for the
+distributed setup (training/distributed.py), checkpoints (training/checkpoints.py) and
+signals (training/preemption.py), so that train() below reads as the loop.
 """
 
 import json
@@ -21,6 +25,7 @@ import hydra
 import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
+from torch.distributed.tensor import DTensor
 
 from attention import BACKENDS
 from data.batches import TrainBatches, check_length, eval_batches, tokens
@@ -28,8 +33,8 @@ from data.prepare import prepare
 from model import GPT, GPTConfig, peak_flops
 from model.hf import HFGPT
 from model.pretrained import load_into
-
-CKPT = "ckpt.pt"
+from training import checkpoints, distributed
+from training.preemption import Preemption
 
 
 def build_model(cfg):
@@ -53,21 +58,30 @@ def init_weights(model, t):
     return load_into(model, source, t.init_positions)
 
 
-def compiled(model, t, on_cuda):
-    """The model's forward under torch.compile when train.compile says so (auto: on CUDA,
-    where it is the faster path: benchmarks/results/h100/train-speed), else the model itself."""
-    use = on_cuda if t.compile == "auto" else bool(t.compile)
-    if not use:
-        return model, "eager"
+def compiler(t, on_cuda):
+    """(a function putting a model's forward under torch.compile when train.compile says so
+    (auto: on CUDA, where it is the faster path: benchmarks/results/h100/train-speed), or
+    leaving it as it is; its description)."""
+    if not (on_cuda if t.compile == "auto" else bool(t.compile)):
+        return (lambda model: model), "eager"
     mode = None if t.compile_mode == "default" else t.compile_mode
-    return torch.compile(model, mode=mode), f"torch.compile ({t.compile_mode})"
+    return (lambda model: torch.compile(model, mode=mode)), f"torch.compile ({t.compile_mode})"
 
 
-def train_step(fwd, model, optimizer, batches, accum, grad_clip, autocast):
+def compiled(model, t, on_cuda):
+    """(the model as train.compile says, its description)."""
+    compile, how = compiler(t, on_cuda)
+    return compile(model), how
+
+
+def train_step(fwd, model, optimizer, batches, accum, grad_clip, autocast, sync=None):
     """One optimizer step over `accum` micro-batches; returns (mean loss, grad norm or None) as
-    device tensors (reading them is left to the caller: a read waits for the GPU)."""
+    device tensors (reading them is left to the caller: a read waits for the GPU). `sync`:
+    distributed.wrap's, so that ranks reduce gradients in the last micro-batch only."""
     loss_sum = 0.0
-    for _ in range(accum):
+    for i in range(accum):
+        if sync:
+            sync(i == accum - 1)
         x, y = next(batches)
         with autocast:
             loss = fwd(x, y)
@@ -82,28 +96,32 @@ def clip_and_step(model, optimizer, max_norm):
     """Clip the gradients' global norm to max_norm (0: no clipping) and step; returns the norm.
     A fused AdamW divides each gradient by `optimizer.grad_scale` as it reads it (the hook
     torch.amp.GradScaler uses), so the clip costs one norm pass and no rescaling pass over the
-    gradients; other optimizers rescale in place first (clip_grad_norm_)."""
+    gradients; other optimizers, and FSDP's sharded gradients, rescale in place first
+    (clip_grad_norm_, whose norm over shards is a DTensor)."""
     if not max_norm:
         optimizer.step()
         return None
-    if not optimizer.defaults.get("fused"):
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not optimizer.defaults.get("fused") or any(isinstance(g, DTensor) for g in grads):
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         optimizer.step()
-        return norm
-    norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+        return norm.full_tensor() if isinstance(norm, DTensor) else norm
+    norm = torch.nn.utils.get_total_norm(grads)
     optimizer.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)  # clip_grad_norm_'s coefficient, inverted
     optimizer.step()
     del optimizer.grad_scale
     return norm
 
 
-def batch_shape(cfg):
-    """(sequences per micro-batch, micro-batches per step) from the token budgets."""
+def batch_shape(cfg, world=1):
+    """(sequences per micro-batch, micro-batches per step on each rank) from the token budgets:
+    train.batch_tokens is the global batch, the same at every world size."""
     t = cfg.train
-    if t.micro_batch_tokens % cfg.context or t.batch_tokens % t.micro_batch_tokens:
+    if t.micro_batch_tokens % cfg.context or t.batch_tokens % (t.micro_batch_tokens * world):
         raise ValueError(f"train.micro_batch_tokens ({t.micro_batch_tokens}) must be a multiple of context "
-                         f"({cfg.context}) and divide train.batch_tokens ({t.batch_tokens})")
-    return t.micro_batch_tokens // cfg.context, t.batch_tokens // t.micro_batch_tokens
+                         f"({cfg.context}) and divide train.batch_tokens ({t.batch_tokens})"
+                         + (f" / {world} ranks" if world > 1 else ""))
+    return t.micro_batch_tokens // cfg.context, t.batch_tokens // (t.micro_batch_tokens * world)
 
 
 def lr_schedule(optimizer, t):
@@ -117,9 +135,12 @@ def lr_schedule(optimizer, t):
 
 
 class Logger:
-    """The same metrics to wandb and to metrics.jsonl."""
+    """The same metrics to wandb and to metrics.jsonl; on rank 0 only."""
 
-    def __init__(self, cfg, out_dir, run_id):
+    def __init__(self, cfg, out_dir, run_id, enabled=True):
+        self.enabled, self.run_id = enabled, run_id
+        if not enabled:
+            return
         import wandb
         mode = cfg.wandb.mode
         if mode == "auto":
@@ -136,8 +157,11 @@ class Logger:
         self.wandb.define_metric("peak_mem_gb", step_metric="tokens_seen", summary="max")
         self.file = open(out_dir / "metrics.jsonl", "a")
         self.rates = []
+        self.run_id = self.wandb.id
 
     def log(self, metrics, step):
+        if not self.enabled:
+            return
         self.wandb.log(metrics, step=step)
         self.file.write(json.dumps({"step": step, **metrics}) + "\n")
         self.file.flush()
@@ -145,25 +169,24 @@ class Logger:
             self.rates.append(metrics["tokens_per_s"])
 
     def close(self):
+        if not self.enabled:
+            return
         if len(self.rates) > 1:  # the first interval holds compilation and autotuning
             self.wandb.summary["tokens_per_s_median"] = statistics.median(self.rates[1:])
         self.file.close()
         self.wandb.finish()
 
 
-def save_checkpoint(path, **state):
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash mid-write never leaves a broken checkpoint
-
-
 @torch.no_grad()
-def evaluate(model, data, micro_batch, context, device, autocast, max_tokens, by_position=False):
-    """Mean validation loss and perplexity; with by_position also the mean loss at each position
-    of the window (from the logits: evidence of whether a longer context is used)."""
+def evaluate(model, data, micro_batch, context, device, autocast, max_tokens, by_position=False,
+             d=distributed.Dist()):
+    """Mean validation loss and perplexity, each rank over its share of the windows; with
+    by_position also the mean loss at each position of the window (from the logits: evidence
+    of whether a longer context is used)."""
     model.eval()
-    total, count, per_position = 0.0, 0, torch.zeros(context, dtype=torch.float64, device=device)
-    for x, y in eval_batches(data, micro_batch, context, device, max_tokens):
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss x tokens, tokens
+    per_position = torch.zeros(context, dtype=torch.float64, device=device)
+    for x, y in eval_batches(data, micro_batch, context, device, max_tokens, d.rank, d.world):
         with autocast:
             out = model(x) if by_position else model(x, y)  # logits, or the loss from the fused path
         loss = out
@@ -171,85 +194,108 @@ def evaluate(model, data, micro_batch, context, device, autocast, max_tokens, by
             losses = torch.nn.functional.cross_entropy(out.float().transpose(1, 2), y, reduction="none")
             per_position += losses.sum(0).double()
             loss = losses.mean()
-        total += loss.item() * y.numel()
-        count += y.numel()
+        sums += torch.stack([loss.double() * y.numel(), torch.tensor(y.numel(), dtype=torch.float64, device=device)])
     model.train()
-    loss = total / count
-    metrics = {"val/loss": loss, "val/ppl": math.exp(loss)}
+    total, count = distributed.total(sums, d).tolist()
+    metrics = {"val/loss": total / count, "val/ppl": math.exp(total / count)}
     if by_position:
-        metrics["val/loss_by_position"] = (per_position * context / count).tolist()
+        metrics["val/loss_by_position"] = (distributed.total(per_position, d) * context / count).tolist()
     return metrics
+
+
+def load_data(cfg, d):
+    """(train, val) token memmaps; rank 0 tokenizes the corpus first (cached), the others read its cache."""
+    data_cfg = cfg.data.copy()  # relative paths are relative to where train.py was started
+    data_cfg.cache_dir = to_absolute_path(os.path.expanduser(data_cfg.cache_dir))
+    if data_cfg.get("root"):
+        data_cfg.root = to_absolute_path(os.path.expanduser(data_cfg.root))
+    if not d.main:
+        distributed.barrier(d)
+    paths = prepare(data_cfg)
+    if d.main:
+        distributed.barrier(d)
+    train_data, val_data = tokens(paths["train"]), tokens(paths["val"])
+    check_length(train_data, cfg.context, "train")
+    check_length(val_data, cfg.context, "val")
+    return train_data, val_data
+
+
+def resuming(t, out_dir, d):
+    """Whether this run continues from a checkpoint: train.resume true | false | auto (if one exists)."""
+    if t.resume not in (True, False, "auto"):
+        raise ValueError(f"train.resume={t.resume!r}: true | false | auto")
+    if t.resume is True and not checkpoints.saved(out_dir):
+        raise FileNotFoundError(f"train.resume=true but there is no checkpoint (ckpt-*.pt) in {out_dir}")
+    return t.resume is True or (t.resume == "auto" and bool(checkpoints.saved(out_dir)))
 
 
 def train(cfg: DictConfig):
     t = cfg.train
     if t.device == "auto":  # resolved into the saved config, so that readers see what ran
         t.device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = t.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if t.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu")
+    d = distributed.setup(t.device, t.parallel)
+    preemption = Preemption()  # from here on, SIGTERM / SIGUSR1 end the run after a step with a checkpoint
+    try:
+        return run(cfg, d, preemption)
+    finally:
+        preemption.close()
+        distributed.teardown(d)
+
+
+def run(cfg, d, preemption):
+    t, device = cfg.train, d.device
     out_dir = Path(to_absolute_path(t.out_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    micro_batch, accum = batch_shape(cfg)
-    # The resolved config beside metrics.jsonl: what benchmarks/compare_runs.py reads.
-    (out_dir / "config.json").write_text(json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=1))
-    torch.manual_seed(t.seed)
+    micro_batch, accum = batch_shape(cfg, d.world)
+    if d.main:  # the resolved config beside metrics.jsonl: what benchmarks/compare_runs.py reads
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=1))
+    resume = resuming(t, out_dir, d)
+    train_data, val_data = load_data(cfg, d)
 
-    data_cfg = cfg.data.copy()  # relative paths are relative to where train.py was started
-    data_cfg.cache_dir = to_absolute_path(os.path.expanduser(data_cfg.cache_dir))
-    if data_cfg.get("root"):
-        data_cfg.root = to_absolute_path(os.path.expanduser(data_cfg.root))
-    paths = prepare(data_cfg)
-    train_data, val_data = tokens(paths["train"]), tokens(paths["val"])
-    check_length(train_data, cfg.context, "train")
-    check_length(val_data, cfg.context, "val")
-
+    torch.manual_seed(t.seed)  # the same initial weights on every rank
     model = build_model(cfg)
-    if t.init_from and not t.resume:  # weights only: optimizer, schedule and step start fresh
-        print(init_weights(model, t))
+    say = (lambda *text: print(*text, flush=True)) if d.main else (lambda *text: None)  # rank 0 prints
+    if t.init_from and not resume:  # weights only: optimizer, schedule and step start fresh
+        say(init_weights(model, t))
     model.to(device)
-    optimizer = model.optimizer(t.lr, t.weight_decay, t.betas, "cuda" if device.startswith("cuda") else "cpu")
-    scheduler = lr_schedule(optimizer, t)
-    batch_gen = torch.Generator().manual_seed(t.seed)
-    step, run_id, train_time = 0, None, 0.0
-    ckpt_path = out_dir / CKPT
-    if t.resume:
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"train.resume=true but there is no checkpoint at {ckpt_path}")
-        # RNG states must stay CPU tensors; the state dicts copy to their parameters' device.
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        batch_gen.set_state(ckpt["batch_rng"])
-        torch.set_rng_state(ckpt["cpu_rng"])
-        if ckpt.get("cuda_rng") is not None and device.startswith("cuda"):
-            torch.cuda.set_rng_state(ckpt["cuda_rng"])
-        step, run_id, train_time = ckpt["step"], ckpt["wandb_id"], ckpt.get("train_time_s", 0.0)
-        print(f"resumed from {ckpt_path} at step {step}")
-
     on_cuda = device.startswith("cuda")
+    compile, how = compiler(t, on_cuda)
+    fwd, sync = distributed.wrap(model, d, compile, t.ddp_bucket_mb)
+    optimizer = model.optimizer(t.lr, t.weight_decay, t.betas, "cuda" if on_cuda else "cpu")
+    scheduler = lr_schedule(optimizer, t)
+    batch_gen = torch.Generator().manual_seed(t.seed)  # one generator on every rank: data.batches says why
+    step, run_id, train_time = 0, None, 0.0
+    if resume:
+        ckpt, path = checkpoints.resume(out_dir, d, model, optimizer, scheduler, t.seed)
+        batch_gen.set_state(ckpt["batch_rng"])
+        step, run_id, train_time = ckpt["step"], ckpt["wandb_id"], ckpt["train_time_s"]
+        say(f"resumed from {path} at step {step}")
+    elif d.world > 1:
+        torch.manual_seed(t.seed + d.rank)  # dropout masks differ across ranks
+
     dtype = getattr(torch, t.dtype)
     autocast = torch.autocast("cuda", dtype=dtype) if on_cuda and dtype != torch.float32 else nullcontext()
-    fwd, how = compiled(model, t, on_cuda)
-    batches = TrainBatches(train_data, micro_batch, cfg.context, batch_gen, device, prefetch=t.prefetch)
-    peak = peak_flops(torch.cuda.get_device_name()) if on_cuda else None
+    batches = TrainBatches(train_data, micro_batch, cfg.context, batch_gen, device, prefetch=t.prefetch,
+                           accum=accum, rank=d.rank, world=d.world)
+    peak = peak_flops(torch.cuda.get_device_name()) * d.world if on_cuda else None
     flops_per_token = model.flops_per_token(cfg.context)
-    logger = Logger(cfg, out_dir, run_id)
-    run_id = logger.wandb.id
+    logger = Logger(cfg, out_dir, run_id, enabled=d.main)
+    run_id = logger.run_id
     mc = model.cfg
     loss_path = (f"cross-entropy {mc.cross_entropy}{' (fused on CUDA)' if mc.cross_entropy == 'auto' else ''}, "
                  f"vocabulary padded to {mc.padded_vocab}") if isinstance(model, GPT) else "fp32 cross-entropy"
-    print(f"{model.num_params():,} parameters ({type(model).__name__}) | {cfg.attention.name} attention | "
-          f"context {cfg.context} | {micro_batch} x {cfg.context} tokens x {accum} micro-batches per step | {how} | "
-          f"{loss_path} | {t.dtype} | "
-          f"{'prefetched' if t.prefetch else 'synchronous'} batches | run dir {out_dir}")
+    ranks = f"{d.world} ranks ({d.parallel}) x " if d.world > 1 else ""
+    say(f"{model.num_params():,} parameters ({type(model).__name__.removeprefix('FSDP')}) | "
+        f"{cfg.attention.name} attention | context {cfg.context} | {ranks}{micro_batch} x {cfg.context} tokens x "
+        f"{accum} micro-batches per step | {how} | {loss_path} | {t.dtype} | "
+        f"{'prefetched' if t.prefetch else 'synchronous'} batches | run dir {out_dir}")
 
     def checkpoint():
-        save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), step=step, batch_rng=batches.rng_state(),
-                        cpu_rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state() if on_cuda else None,
-                        config=OmegaConf.to_container(cfg, resolve=True), wandb_id=run_id, train_time_s=train_time)
+        checkpoints.write(out_dir, step, d, t.keep_checkpoints, model, optimizer, scheduler,
+                          batch_rng=batches.rng_state(), config=OmegaConf.to_container(cfg, resolve=True),
+                          wandb_id=run_id, train_time_s=train_time)
 
     model.train()
     stop_at = t.max_steps if not t.steps_per_run else min(t.max_steps, step + t.steps_per_run)
@@ -259,13 +305,13 @@ def train(cfg: DictConfig):
     while step < stop_at:
         step_start = time.perf_counter()
         lr = scheduler.get_last_lr()[0]
-        loss, grad_norm = train_step(fwd, model, optimizer, batches, accum, t.grad_clip, autocast)
+        loss, grad_norm = train_step(fwd, model, optimizer, batches, accum, t.grad_clip, autocast, sync)
         scheduler.step()
         step += 1
         interval_steps += 1
 
         if step % t.log_every == 0 or step == t.max_steps:
-            loss = loss.item()  # syncs the device: the interval's time is real
+            loss = distributed.mean(loss, d).item()  # syncs the device: the interval's time is real
             now = time.perf_counter()
             train_time += now - interval_start
             tokens_per_s = interval_steps * t.batch_tokens / (now - interval_start)
@@ -276,25 +322,29 @@ def train(cfg: DictConfig):
                        "train_time_s": train_time}
             if peak:
                 metrics["mfu"] = flops_per_token * tokens_per_s / peak
-            if on_cuda:
+            if on_cuda:  # rank 0's
                 metrics["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
                 torch.cuda.reset_peak_memory_stats()
             logger.log(metrics, step)
-            print(f"step {step:6d} | loss {loss:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s"
-                  + (f" | mfu {metrics['mfu']:.1%}" if peak else "")
-                  + (f" | mem {metrics['peak_mem_gb']:.2f} GB" if on_cuda else ""), flush=True)
+            say(f"step {step:6d} | loss {loss:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s"
+                + (f" | mfu {metrics['mfu']:.1%}" if peak else "")
+                + (f" | mem {metrics['peak_mem_gb']:.2f} GB" if on_cuda else ""))
             interval_start, interval_steps = time.perf_counter(), 0
         if step % t.eval_every == 0 or step == t.max_steps:
             metrics = evaluate(model, val_data, micro_batch, cfg.context, device, autocast, t.eval_tokens,
-                               by_position=step == t.max_steps)
+                               by_position=step == t.max_steps, d=d)
             by_position = metrics.pop("val/loss_by_position", None)
-            if by_position:  # a list: into its own file, not a wandb scalar
+            if by_position and d.main:  # a list: into its own file, not a wandb scalar
                 (out_dir / "loss_by_position.json").write_text(json.dumps({"step": step, "loss": by_position}))
             logger.log({**metrics, "tokens_seen": step * t.batch_tokens, "train_time_s": train_time}, step)
-            print(f"step {step:6d} | val loss {metrics['val/loss']:.4f} | val ppl {metrics['val/ppl']:.2f}", flush=True)
+            say(f"step {step:6d} | val loss {metrics['val/loss']:.4f} | val ppl {metrics['val/ppl']:.2f}")
             interval_start, interval_steps = time.perf_counter(), 0  # eval time is not throughput
-        if step % t.ckpt_every == 0 or step == stop_at:
+        stop = preemption.requested(d)
+        if step % t.ckpt_every == 0 or step == stop_at or stop:
             checkpoint()
+        if stop:
+            say(f"{stop}: stopped after step {step} with a checkpoint; train.resume=true continues")
+            break
     batches.close()
     logger.close()
     return model

@@ -81,17 +81,19 @@ def finished(run_dir):
     return any(r["step"] == cfg["train"]["max_steps"] and "val/loss" in r for r in rows)
 
 
-def train(run_dir, experiment, overrides, extra=(), steps_per_run=None):
-    """One train.py run into run_dir: skipped when finished there, resumed from its checkpoint."""
+def train(run_dir, experiment, overrides, extra=(), steps_per_run=None, nproc=1):
+    """One train.py run into run_dir (under torchrun with nproc > 1): skipped when finished
+    there, resumed from its checkpoint."""
     if finished(run_dir):
         print(f"reusing {run_dir}", flush=True)
         return
     if not torch.cuda.is_available() and "attention=flash" in overrides:  # the interpreter would take hours
         overrides = [o.replace("attention=flash", "attention=sdpa") for o in overrides]  # (config.json says so)
-    cmd = [sys.executable, "train.py", f"experiment={experiment}", *overrides, *extra,
+    launch = ["train.py"] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                                               "train.py"]
+    cmd = [sys.executable, *launch, f"experiment={experiment}", *overrides, *extra,
            f"hydra.run.dir={run_dir}", f"wandb.name={run_dir.parent.name}-{run_dir.name}"]
-    if (run_dir / "ckpt.pt").is_file():
-        cmd.append("train.resume=true")
+    cmd.append("train.resume=auto")  # a cut run continues from its checkpoint
     if steps_per_run:
         cmd.append(f"train.steps_per_run={steps_per_run}")
     print("$", " ".join(cmd[1:]), flush=True)
@@ -119,7 +121,7 @@ def run_table(out, table, runs, budget, extra, steps_per_run, run=True):
     dirs = {name: out / "runs" / table / name for name, _ in runs}
     if run:
         meta = dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor()})",
-                    date=time.strftime("%Y-%m-%d"), torch=torch.__version__, command=" ".join(sys.argv))
+                    date=time.strftime("%Y-%m-%d"), torch=torch.__version__, command="python -m benchmarks.reproduce " + " ".join(sys.argv[1:]))
         (out / table).mkdir(parents=True, exist_ok=True)
         (out / table / "meta.json").write_text(json.dumps(meta, indent=1))
         for name, o in runs:

@@ -5,7 +5,7 @@ layers store their weights transposed (in, out), and its vocabulary is not padde
 
     python train.py model.impl=hf attention=naive    # transformers' eager attention
     python train.py model.impl=hf attention=sdpa     # transformers' SDPA attention
-    python -m model.hf export runs/RUN/ckpt.pt OUT_DIR   # a GPT2LMHeadModel folder
+    python -m model.hf export runs/RUN OUT_DIR   # a GPT2LMHeadModel folder
 
 `register_flash()` makes our Triton kernel a transformers attention implementation:
 GPT2LMHeadModel.from_pretrained(OUT_DIR, attn_implementation="triton_fa2") then runs it.
@@ -143,7 +143,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m model.hf", description="transformers interop")
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="write a GPT2LMHeadModel folder from our checkpoint")
-    e.add_argument("source", help="ckpt.pt, a run directory, or another init_from source")
+    e.add_argument("source", help="a run directory (its newest checkpoint), a ckpt-<step>.pt, or another init_from source")
     e.add_argument("out_dir")
     e.add_argument("--tokenizer", help="folder with GPT-2's encoder.json and vocab.bpe")
     a = p.parse_args(argv)

@@ -1,7 +1,7 @@
 """Weights from elsewhere into our GPT (`train.init_from`, generate.py, export).
 
 A source is one of
-- our checkpoint: a run's ckpt.pt, or the run directory holding it;
+- our checkpoint: a run's ckpt-<step>.pt, or the run directory (its newest good checkpoint);
 - a transformers GPT-2 folder (config.json + model.safetensors), e.g. one `python -m model.hf
   export` wrote;
 - `hf:NAME`, a hub model such as hf:gpt2 (needs the network, or the hub cache).
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from training import checkpoints
 
 ARCH = ("n_layer", "n_head", "n_embd")
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -57,9 +59,11 @@ def read(source):
     if source.startswith("hf:"):
         return _read_hf(source[3:], source)
     path = Path(source).expanduser()
-    if path.is_dir() and (path / "ckpt.pt").is_file():
-        path = path / "ckpt.pt"
+    if path.is_dir() and checkpoints.saved(path):
+        path = checkpoints.newest(path)
     if path.is_file():
+        if path.suffix == ".pt" and (why := checkpoints.problem(path)):
+            raise ValueError(f"init_from: checkpoint {path} is {why}")
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:
@@ -74,7 +78,7 @@ def read(source):
         return sd, arch, f"checkpoint {path} (step {ckpt.get('step')})"
     if path.is_dir() and (path / "config.json").is_file():
         return _read_hf(str(path), f"transformers folder {path}")
-    raise FileNotFoundError(f"init_from: {source} is neither a checkpoint (ckpt.pt or a run directory holding one), "
+    raise FileNotFoundError(f"init_from: {source} is neither a checkpoint (ckpt-<step>.pt or a run directory holding one), "
                             "a transformers GPT-2 folder (config.json + weights) nor hf:NAME")
 
 

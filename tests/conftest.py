@@ -41,10 +41,17 @@ SMALL = ["experiment=smoke", "train.batch_tokens=1024", "train.micro_batch_token
          "train.log_every=1", "train.eval_tokens=4096", "wandb.mode=offline"]
 
 
-def train_py(run_dir, cache_dir, *overrides):
+def train_cmd(run_dir, cache_dir, *overrides, nproc=1):
+    """train.py's command line: plain, or under torchrun with nproc processes (gloo on the CPU)."""
+    launch = [sys.executable, "train.py"] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "train.py"]
+    return [*launch, *SMALL, f"hydra.run.dir={run_dir}", f"data.cache_dir={cache_dir}", *overrides]
+
+
+def train_py(run_dir, cache_dir, *overrides, nproc=1):
     """Run train.py in a subprocess; returns the CompletedProcess."""
-    cmd = [sys.executable, "train.py", *SMALL, f"hydra.run.dir={run_dir}", f"data.cache_dir={cache_dir}", *overrides]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return subprocess.run(train_cmd(run_dir, cache_dir, *overrides, nproc=nproc), cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
 
 
 def read_metrics(run_dir):
@@ -60,3 +67,37 @@ def tiny_run(tmp_path_factory):
     r = train_py(base / "run", base / "cache", "train.max_steps=30", "train.ckpt_every=30", "train.eval_every=30")
     assert r.returncode == 0, r.stderr[-3000:]
     return base / "run"
+
+
+# The run the distributed and preemption tests compare against: one process, 12 steps,
+# checkpoints every 4 (the last two kept), evaluations at 6 and 12.
+REFERENCE = ["train.max_steps=12", "train.ckpt_every=4", "train.eval_every=6"]
+
+
+def losses(run_dir, key="train/loss"):
+    """{step: value} from metrics.jsonl; a step logged twice (a resumed run) keeps its last row."""
+    return {m["step"]: m[key] for m in read_metrics(run_dir) if key in m}
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    if not (SHARED / "data").is_dir():
+        pytest.skip(f"shared data not found at {SHARED / 'data'}")
+    base = tmp_path_factory.mktemp("reference")
+    r = train_py(base / "run", base / "cache", *REFERENCE)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return base / "run"
+
+
+def wait_for_step(run_dir, step, proc, timeout=300):
+    """Blocks until the run at run_dir has logged `step` (or fails if proc ends first)."""
+    import time
+    deadline = time.time() + timeout
+    metrics = Path(run_dir) / "metrics.jsonl"
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (exit {proc.returncode}) before step {step}: {proc.stderr.read()[-3000:]}")
+        if metrics.is_file() and any(m.get("step", 0) >= step for m in read_metrics(run_dir)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no step {step} within {timeout}s")

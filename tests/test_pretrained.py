@@ -30,10 +30,10 @@ def test_hf_layout_round_trip():
 def test_checkpoint_into_model_gives_equal_logits(tmp_path):
     torch.manual_seed(0)
     src = GPT(GPTConfig(**TINY))
-    save_ckpt(src, tmp_path / "ckpt.pt")
+    save_ckpt(src, tmp_path / "ckpt-00000007.pt")
     torch.manual_seed(1)
     dst = GPT(GPTConfig(**TINY, vocab_multiple=64))  # another padding: the real rows move, not the padding
-    assert "step 7" in load_into(dst, tmp_path)  # the run directory finds its ckpt.pt
+    assert "step 7" in load_into(dst, tmp_path)  # the run directory finds its newest checkpoint
     idx = torch.randint(0, 50257, (2, 16))
     torch.testing.assert_close(dst(idx), src(idx), rtol=0, atol=0)
 
@@ -71,7 +71,7 @@ def test_mismatches_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a checkpoint"):
         load_into(GPT(GPTConfig(**TINY)), tmp_path / "nothing")
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read checkpoint .*broken.pt"):
+    with pytest.raises(ValueError, match="checkpoint .*broken.pt is truncated or not a checkpoint"):
         load_into(GPT(GPTConfig(**TINY)), tmp_path / "broken.pt")
 
 

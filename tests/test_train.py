@@ -29,13 +29,14 @@ def test_train_checkpoint_resume(tmp_path, shared_data):
         assert key in full[30]
     evals = [m for m in metrics(tmp_path) if "val/loss" in m]
     assert [m["step"] for m in evals] == [15, 30] and "val/ppl" in evals[0]
-    assert (tmp_path / "run/ckpt.pt").is_file()
+    assert sorted(p.name for p in (tmp_path / "run").glob("ckpt-*.pt")) == ["ckpt-00000020.pt", "ckpt-00000030.pt"]
     runs = list((tmp_path / "run/wandb").glob("offline-run-*"))
     assert runs and list(runs[0].glob("*.wandb"))
 
     # The same run stopped at step 20, then resumed: steps 21..30 repeat the losses exactly.
     (tmp_path / "run/metrics.jsonl").unlink()
-    (tmp_path / "run/ckpt.pt").unlink()
+    for ckpt in (tmp_path / "run").glob("ckpt-*.pt"):
+        ckpt.unlink()
     assert run(tmp_path, "train.max_steps=30", "train.steps_per_run=20", "train.eval_every=15").returncode == 0
     r = run(tmp_path, "train.max_steps=30", "train.ckpt_every=20", "train.eval_every=15", "train.resume=true")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -48,7 +49,9 @@ def test_train_checkpoint_resume(tmp_path, shared_data):
 @pytest.mark.parametrize("override,message", [
     ("attention.name=fast", "unknown attention backend 'fast'"),
     ("data.train_files=missing/*.jsonl", "no data file matches"),
-    ("train.resume=true", "no checkpoint at"),
+    ("train.resume=true", "train.resume=true but there is no checkpoint"),
+    ("train.resume=maybe", "train.resume='maybe': true | false | auto"),
+    ("train.parallel=zero3", "train.parallel='zero3': one of ddp, fsdp"),
     ("train.micro_batch_tokens=100", "must be a multiple of context"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, shared_data, override, message):
@@ -111,7 +114,7 @@ def test_finetune_from_a_checkpoint(tmp_path, tiny_run, context):
            "wandb.mode=offline", f"hydra.run.dir={tmp_path / 'ft'}"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"weights from checkpoint {tiny_run / 'ckpt.pt'} (step 30)" in r.stdout
+    assert f"weights from checkpoint {tiny_run / 'ckpt-00000030.pt'} (step 30)" in r.stdout
     if context == 128:
         assert "positions 64 -> 128 (copy)" in r.stdout
     parent = [m["train/loss"] for m in read_metrics(tiny_run) if "train/loss" in m]

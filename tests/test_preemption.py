@@ -1,0 +1,92 @@
+"""training/preemption.py with real processes and signals: SIGTERM and SIGUSR1 end a run after
+its step with a checkpoint; kill -9 loses only the steps since the last checkpoint, and the
+resumed run repeats the uninterrupted run's losses from there (exactly: one process, CPU)."""
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REFERENCE, ROOT, losses, train_cmd, train_py, wait_for_step
+from training import checkpoints
+
+
+def start(tmp_path, *overrides, nproc=1):
+    return subprocess.Popen(train_cmd(tmp_path / "run", tmp_path / "cache", *REFERENCE, *overrides, nproc=nproc),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def resume(tmp_path, nproc=1):
+    r = train_py(tmp_path / "run", tmp_path / "cache", *REFERENCE, "train.resume=true", nproc=nproc)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def steps_of_checkpoints(run_dir):
+    return sorted(int(p.stem.split("-")[1]) for p in Path(run_dir).glob("ckpt-*.pt"))
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_exits_cleanly(tmp_path, reference_run):
+    proc = start(tmp_path)
+    wait_for_step(tmp_path / "run", 5, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    stopped = max(m for m in losses(tmp_path / "run"))
+    assert 5 <= stopped < 12
+    assert f"SIGTERM: stopped after step {stopped} with a checkpoint" in out
+    assert stopped in steps_of_checkpoints(tmp_path / "run")
+    r = resume(tmp_path)
+    assert f"at step {stopped}" in r.stdout
+    ref, run = losses(reference_run), losses(tmp_path / "run")
+    assert [run[s] for s in range(1, 13)] == [ref[s] for s in range(1, 13)]
+
+
+def pids_of_workers(torchrun_pid):
+    """The train.py processes torchrun started (its children)."""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        children = Path(f"/proc/{torchrun_pid}/task/{torchrun_pid}/children").read_text().split()
+        if len(children) == 2:
+            return [int(c) for c in children]
+        time.sleep(0.1)
+    raise AssertionError("torchrun did not start 2 workers")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers through /proc")
+def test_sigusr1_to_one_rank_stops_both_ranks_after_the_same_step(tmp_path, reference_run):
+    """SLURM's warning signal reaching one rank only: both agree to stop, checkpoint, exit 0."""
+    proc = start(tmp_path, nproc=2)
+    workers = pids_of_workers(proc.pid)
+    wait_for_step(tmp_path / "run", 3, proc)
+    os.kill(workers[-1], signal.SIGUSR1)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    stopped = max(m for m in losses(tmp_path / "run"))
+    assert stopped < 12 and stopped in steps_of_checkpoints(tmp_path / "run")
+    assert f"a signal to another rank: stopped after step {stopped} with a checkpoint" in out
+    resume(tmp_path, nproc=2)
+    ref, run = losses(reference_run), losses(tmp_path / "run")
+    for step in range(1, 13):
+        assert run[step] == pytest.approx(ref[step], abs=1e-4), step
+
+
+def test_kill_9_at_a_random_step_then_resume_repeats_the_losses(tmp_path, reference_run):
+    seed = int(time.time())
+    kill_at = random.Random(seed).randrange(5, 12)
+    print(f"kill -9 after step {kill_at} (seed {seed})")
+    proc = start(tmp_path)
+    wait_for_step(tmp_path / "run", kill_at, proc)
+    proc.kill()
+    proc.wait()
+    saved = steps_of_checkpoints(tmp_path / "run")
+    assert saved and not any(checkpoints.problem(p) for p in (tmp_path / "run").glob("ckpt-*.pt"))  # atomic
+    r = resume(tmp_path)
+    assert f"at step {saved[-1]}" in r.stdout
+    assert not list((tmp_path / "run").glob("*.tmp"))  # a write the kill cut short is cleared
+    ref, run = losses(reference_run), losses(tmp_path / "run")  # the resumed rows replace the killed run's
+    assert [run[s] for s in range(1, 13)] == [ref[s] for s in range(1, 13)]
