@@ -58,7 +58,7 @@ def setup(device, parallel):
     return Dist(rank, local, world, device, parallel, flags)
 
 
-def wrap(model, d, compile=lambda m: m, bucket_mb=25):
+def wrap(model, d, compile=lambda m: m, bucket_mb=100):
     """The module a training step calls, and `sync(last)` to call before each micro-batch
     (None on one process): gradients are reduced across ranks only in a step's last
     micro-batch, so accumulation costs one reduction per step.
