@@ -58,17 +58,22 @@ def pids_of_workers(torchrun_pid):
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers through /proc")
-def test_sigusr1_to_one_rank_stops_both_ranks_after_the_same_step(tmp_path, reference_run):
-    """SLURM's warning signal reaching one rank only: both agree to stop, checkpoint, exit 0."""
+@pytest.mark.parametrize("target,sig", [("one rank", signal.SIGUSR1), ("torchrun", signal.SIGTERM)])
+def test_signal_under_torchrun_stops_both_ranks_after_the_same_step(tmp_path, reference_run, target, sig):
+    """SLURM's warning signal reaching one rank only: both ranks agree to stop after the same
+    step, checkpoint and exit 0. A scheduler's SIGTERM to torchrun: torchrun passes it to its
+    workers (and gives them 30 s), which do the same; torchrun itself then exits 1."""
     proc = start(tmp_path, nproc=2)
     workers = pids_of_workers(proc.pid)
     wait_for_step(tmp_path / "run", 3, proc)
-    os.kill(workers[-1], signal.SIGUSR1)
+    os.kill(workers[-1] if target == "one rank" else proc.pid, sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == (0 if target == "one rank" else 1), err[-3000:]
     stopped = max(m for m in losses(tmp_path / "run"))
     assert stopped < 12 and stopped in steps_of_checkpoints(tmp_path / "run")
-    assert f"a signal to another rank: stopped after step {stopped} with a checkpoint" in out
+    # Rank 0 prints: the signal's name if it got it, else that another rank did.
+    said = ["a signal to another rank", "SIGUSR1"] if target == "one rank" else ["SIGTERM"]
+    assert any(f"{name}: stopped after step {stopped} with a checkpoint" in out for name in said)
     resume(tmp_path, nproc=2)
     ref, run = losses(reference_run), losses(tmp_path / "run")
     for step in range(1, 13):
