@@ -95,6 +95,18 @@ def _fp32(x):
 
 
 @triton.jit
+def _index(x, WIDE: tl.constexpr):
+    """x in int64 when some tensor spans 2^31 or more elements (WIDE), so that no offset
+    (batch x stride, row x stride, batch*head x N for LSE) overflows 32 bits; int32 otherwise,
+    so GPT-2 sizes compile to exactly the 32-bit address arithmetic they had."""
+    if WIDE:
+        y = x.to(tl.int64)
+    else:
+        y = x
+    return y  # one return: the compiler (unlike the interpreter) rejects a second one after a static if
+
+
+@triton.jit
 def _block_index(CAUSAL: tl.constexpr):
     """Row-block index of this program. Grids are (batch*heads, blocks) so one wave holds the
     same block of every head; under causal masking the last blocks do the most work, so
@@ -164,15 +176,15 @@ def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr,
                       stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
                       stride_vb, stride_vn, stride_vh, stride_ob, stride_on, stride_oh,
                       H, N_Q, N_K, qk_scale, dropout_p,
-                      CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, D: tl.constexpr,
+                      CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, D: tl.constexpr, WIDE: tl.constexpr,
                       B_r: tl.constexpr, B_c: tl.constexpr):
-    bh = tl.program_id(0)
+    bh = _index(tl.program_id(0), WIDE)
     i = _block_index(CAUSAL)
     b = bh // H
     h = bh % H
     qk_scale, dropout_p = _fp32(qk_scale), _fp32(dropout_p)
-    offs_m = i * B_r + tl.arange(0, B_r)
-    offs_n = tl.arange(0, B_c)
+    offs_m = i * B_r + _index(tl.arange(0, B_r), WIDE)
+    offs_n = _index(tl.arange(0, B_c), WIDE)
     offs_d = tl.arange(0, D)
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :],
                 mask=offs_m[:, None] < N_Q, other=0.0)
@@ -237,10 +249,9 @@ def bwd_delta_kernel(O, dO, dLSE, Delta, stride_ob, stride_on, stride_oh, stride
 
 @triton.jit
 def _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE_row, Delta_row, stride_qn, stride_don,
-                    start, end, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p,
+                    start, end, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p,
                     MASKED: tl.constexpr, DROPOUT: tl.constexpr, B_r: tl.constexpr):
     """Accumulates dK_j, dV_j over query blocks [start, end), in the transposed frame (S^T)."""
-    offs_m0 = tl.arange(0, B_r)
     for start_m in range(start, end, B_r):
         rows = start_m + offs_m0
         row_ok = rows < N_Q
@@ -272,14 +283,15 @@ def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr,
                            stride_vb, stride_vn, stride_vh, stride_dob, stride_don, stride_doh,
                            stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
                            H, N_Q, N_K, qk_scale, sm_scale, dropout_p,
-                           CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, D: tl.constexpr,
+                           CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, D: tl.constexpr, WIDE: tl.constexpr,
                            B_r: tl.constexpr, B_c: tl.constexpr):
-    bh = tl.program_id(0)
+    bh = _index(tl.program_id(0), WIDE)
     j = tl.program_id(1)  # low j sees the most queries under causal: natural order is longest-first
     b = bh // H
     h = bh % H
     qk_scale, sm_scale, dropout_p = _fp32(qk_scale), _fp32(sm_scale), _fp32(dropout_p)
-    offs_n = j * B_c + tl.arange(0, B_c)
+    offs_m0 = _index(tl.arange(0, B_r), WIDE)
+    offs_n = j * B_c + _index(tl.arange(0, B_c), WIDE)
     offs_d = tl.arange(0, D)
     col_ok = offs_n[:, None] < N_K
     k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :], mask=col_ok, other=0.0)
@@ -300,10 +312,10 @@ def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr,
         start = 0
         mid = 0
     dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
-                             stride_qn, stride_don, start, mid, offs_n, offs_d, seed, bh, N_Q, N_K,
+                             stride_qn, stride_don, start, mid, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
                              shift, qk_scale, dropout_p, True, DROPOUT, B_r)
     dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
-                             stride_qn, stride_don, mid, N_Q, offs_n, offs_d, seed, bh, N_Q, N_K,
+                             stride_qn, stride_don, mid, N_Q, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
                              shift, qk_scale, dropout_p, False, DROPOUT, B_r)
     tl.store(dK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :],
              (dk * sm_scale).to(dK.dtype.element_ty), mask=col_ok)
@@ -342,15 +354,15 @@ def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr, O, dLSE,
                          stride_dqb, stride_dqn, stride_dqh, stride_ob, stride_on, stride_oh,
                          H, N_Q, N_K, qk_scale, sm_scale, dropout_p,
                          CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, HAS_DLSE: tl.constexpr,
-                         D: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr):
+                         D: tl.constexpr, WIDE: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr):
     """Runs before the dK/dV kernel: its prologue computes D for its rows and writes it for
     that kernel (one launch fewer than a separate preprocessing pass)."""
-    bh = tl.program_id(0)
+    bh = _index(tl.program_id(0), WIDE)
     i = _block_index(CAUSAL)
     b = bh // H
     h = bh % H
-    offs_m = i * B_r + tl.arange(0, B_r)
-    offs_n = tl.arange(0, B_c)
+    offs_m = i * B_r + _index(tl.arange(0, B_r), WIDE)
+    offs_n = _index(tl.arange(0, B_c), WIDE)
     offs_d = tl.arange(0, D)
     qk_scale, sm_scale, dropout_p = _fp32(qk_scale), _fp32(sm_scale), _fp32(dropout_p)
     row_ok = offs_m < N_Q
@@ -404,6 +416,9 @@ def _fixed_config(kernel, d):
 
 # FLASH_AUTOTUNE=0 skips autotuning (the correctness grid compiles hundreds of variants).
 AUTOTUNE = not INTERPRET and os.environ.get("FLASH_AUTOTUNE", "1") != "0"
+# Tuning results persist in Triton's cache directory (~/.triton/cache, $TRITON_CACHE_DIR), so a
+# shape tuned once is not tuned again by the next process (FLASH_TUNING_CACHE=0: tune every time).
+TUNING_CACHE = os.environ.get("FLASH_TUNING_CACHE", "1") != "0"
 CONFIGS = {
     "fwd": [_cfg(128, 64, 4, 3), _cfg(128, 64, 4, 4), _cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3),
             _cfg(128, 128, 4, 3), _cfg(64, 64, 4, 3), _cfg(64, 64, 4, 2), _cfg(64, 32, 4, 2)],
@@ -432,7 +447,8 @@ def _kernel(name, d, decode=False):
         return KERNELS[name], _fixed_config(name, d)
     if (name, d) not in _tuned:
         configs = [c for c in CONFIGS[name] if _fits(c, d)]
-        _tuned[name, d] = triton.autotune(configs, key=["N_Q", "N_K", "CAUSAL", "DROPOUT"])(KERNELS[name])
+        _tuned[name, d] = triton.autotune(configs, key=["N_Q", "N_K", "CAUSAL", "DROPOUT"],
+                                          cache_results=TUNING_CACHE)(KERNELS[name])
     return _tuned[name, d], {}
 
 
@@ -453,6 +469,17 @@ def _signature(wrap, *tensors):
     if not FAST_LAUNCH or wrap is not None:
         return None
     return tensors[0].get_device(), *[(t.dtype, t.shape, t.stride(), t.data_ptr() % 16 == 0) for t in tensors]
+
+
+# FLASH_WIDE=1 takes the 64-bit index path at any size (how the CPU tests reach it).
+FORCE_WIDE = os.environ.get("FLASH_WIDE") == "1"
+
+
+def wide(*tensors):
+    """Whether any offset into these tensors can reach 2^31 (the largest is the sum over dims
+    of (size - 1) x stride), so the kernels must index in int64."""
+    return FORCE_WIDE or any(sum((n - 1) * s for n, s in zip(t.shape, t.stride())) >= 2**31 - 1
+                             for t in tensors if t is not None)
 
 
 def _launch(name, D, n, tile, batch_heads, args, constexprs, signature, wrap=None):
@@ -492,7 +519,8 @@ def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, wrap=None):
     _launch("fwd", D, N_q, "B_r", B * H,
             (q, k, v, o, lse, seed, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
              H, N_q, N_k, scale * LOG2E, dropout_p),
-            dict(CAUSAL=causal, DROPOUT=dropout_p > 0, D=D), _signature(wrap, q, k, v, seed), wrap)
+            dict(CAUSAL=causal, DROPOUT=dropout_p > 0, D=D, WIDE=wide(q, k, v, o)), _signature(wrap, q, k, v, seed),
+            wrap)
     return o, lse
 
 
@@ -508,7 +536,7 @@ def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, wrap=
     args = (q, k, v, do)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
     scalars = (H, N_q, N_k, scale * LOG2E, scale, dropout_p)
-    common = dict(CAUSAL=causal, DROPOUT=dropout_p > 0)
+    common = dict(CAUSAL=causal, DROPOUT=dropout_p > 0, WIDE=wide(q, k, v, do, o, dq, dk, dv))
     signature = _signature(wrap, q, k, v, do, seed, *(() if dlse is None else (dlse,)))
     # dQ first: its prologue writes D, which the dK/dV kernel reads.
     _launch("dq", D, N_q, "B_r", B * H,

@@ -159,3 +159,42 @@ def test_torch_compile_traces_through_without_graph_break():
     g_ref = torch.autograd.grad(o_ref.float().sum(), (q, k, v))
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_64_bit_index_path(monkeypatch, causal):
+    """The int64 offsets taken when a tensor spans 2^31 elements or more (flash.wide), forced at
+    a small size: the same criterion as the grid, with dropout and N_q != N_k."""
+    from attention import flash
+    monkeypatch.setattr(flash, "FORCE_WIDE", True)
+    for name, (ours, naive, floor) in zip(["out", "dq", "dk", "dv"],
+                                          _errors("flash", torch.float16, 16, causal, 40, 23, 0.17)):
+        assert ours <= 2 * naive + floor, f"{name}: error {ours:.2e} > 2 x naive {naive:.2e} + {floor:.1e}"
+
+
+def test_wide_is_chosen_by_the_largest_offset():
+    from attention.flash import wide
+    small = torch.empty(2, 8, 3, 16, device="meta")
+    assert not wide(small)
+    assert wide(torch.empty(64, 8192, 64, 64, device="meta"))  # 2^31 elements
+    assert wide(torch.empty(1, device="meta").as_strided((2, 3, 1, 64), (2**31, 64, 64, 1)))  # a view reaching past
+
+
+@gpu_only
+def test_inputs_of_2_to_the_31_elements():
+    """2^31 elements per tensor (64 x 8192 tokens x 64 heads x 64): forward and backward through
+    the int64 path, the last batch element (past 2^31 - 1) checked against SDPA on it alone."""
+    import torch.nn.functional as F
+    B, N, H, D = 64, 8192, 64, 64
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(B, N, H, D, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+               for _ in range(3))
+    do = torch.randn(B, N, H, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    o = get_attention("flash")(q, k, v, causal=True)
+    dq, dk, dv = torch.autograd.grad(o, (q, k, v), do)
+    last = [t[-1:].detach().transpose(1, 2).requires_grad_() for t in (q, k, v)]
+    ref = F.scaled_dot_product_attention(*last, is_causal=True)
+    ref_grads = torch.autograd.grad(ref, last, do[-1:].transpose(1, 2))
+    for name, ours, theirs in zip(["out", "dq", "dk", "dv"], (o, dq, dk, dv), (ref, *ref_grads)):
+        err = (ours[-1:].float() - theirs.transpose(1, 2).float()).abs().max().item()
+        assert err < 0.05, f"{name}: max error {err:.3f} in the last batch element"

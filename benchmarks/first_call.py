@@ -1,0 +1,50 @@
+"""Time to the first fwd+bwd of our kernel at a shape this process has not run: compilation
+(Triton's on-disk kernel cache may hold it) plus autotuning the three kernels (skipped when
+the tuning results persisted by an earlier process apply: attention/flash.py TUNING_CACHE).
+
+    python benchmarks/first_call.py --shape 4,4096,12,64 [--no-causal]   # prints one JSON line
+
+Run it in fresh processes sharing TRITON_CACHE_DIR to see what the cache saves; each call
+measures one process's first call, then a second call at the same shape for comparison.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from attention import get_attention  # noqa: E402
+
+
+def fwd_bwd(attn, q, k, v, do, causal):
+    o = attn(q, k, v, causal=causal)
+    torch.autograd.grad(o, (q, k, v), do)
+    torch.cuda.synchronize()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="4,4096,12,64", help="B,N,H,D")
+    p.add_argument("--no-causal", dest="causal", action="store_false")
+    a = p.parse_args()
+    B, N, H, D = map(int, a.shape.split(","))
+    q, k, v, do = (torch.randn(B, N, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=i < 3) for i in range(4))
+    attn = get_attention("flash")
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        fwd_bwd(attn, q, k, v, do, a.causal)
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"shape": [B, N, H, D], "causal": a.causal, "first_s": times[0], "second_s": times[1],
+                      "tuning_cache": os.environ.get("FLASH_TUNING_CACHE", "1") != "0",
+                      "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR")}))
+
+
+if __name__ == "__main__":
+    main()
