@@ -9,13 +9,13 @@
 Logs loss, perplexity, tokens/s, MFU and peak memory to wandb and to metrics.jsonl in the
 run directory; checkpoints there too (train.resume=true continues from the newest good one;
 SIGTERM or SIGUSR1 ends a run after its step with a checkpoint). One home each for the
-distributed setup (training/distributed.py), checkpoints (training/checkpoints.py) and
-signals (training/preemption.py), so that train() below reads as the loop.
+distributed setup (training/distributed.py), checkpoints (training/checkpoints.py),
+signals (training/preemption.py) and metrics (training/logger.py), so that run() below reads
+as the loop.
 """
 
 import json
 import math
-import statistics
 import os
 import time
 from contextlib import nullcontext
@@ -34,6 +34,7 @@ from model import GPT, GPTConfig, peak_flops
 from model.hf import HFGPT
 from model.pretrained import load_into
 from training import checkpoints, distributed
+from training.logger import Logger
 from training.preemption import Preemption
 
 
@@ -132,49 +133,6 @@ def lr_schedule(optimizer, t):
         return decay
     warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / t.warmup_steps, total_iters=t.warmup_steps)
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, decay], milestones=[t.warmup_steps])
-
-
-class Logger:
-    """The same metrics to wandb and to metrics.jsonl; on rank 0 only."""
-
-    def __init__(self, cfg, out_dir, run_id, enabled=True):
-        self.enabled, self.run_id = enabled, run_id
-        if not enabled:
-            return
-        import wandb
-        mode = cfg.wandb.mode
-        if mode == "auto":
-            mode = os.environ.get("WANDB_MODE") or ("online" if wandb.api.api_key else "offline")
-        self.wandb = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
-                                name=cfg.wandb.name, tags=list(cfg.wandb.tags), mode=mode, dir=str(out_dir),
-                                config=OmegaConf.to_container(cfg, resolve=True), id=run_id, resume="allow")
-        # Runs of different contexts and speeds line up on tokens seen and on training time.
-        self.wandb.define_metric("tokens_seen")
-        self.wandb.define_metric("train_time_s")
-        for key in ("train/*", "val/*", "tokens_per_s", "mfu", "peak_mem_gb", "lr", "grad_norm", "step_ms"):
-            self.wandb.define_metric(key, step_metric="tokens_seen")
-        self.wandb.define_metric("val/ppl", step_metric="tokens_seen", summary="min")
-        self.wandb.define_metric("peak_mem_gb", step_metric="tokens_seen", summary="max")
-        self.file = open(out_dir / "metrics.jsonl", "a")
-        self.rates = []
-        self.run_id = self.wandb.id
-
-    def log(self, metrics, step):
-        if not self.enabled:
-            return
-        self.wandb.log(metrics, step=step)
-        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.file.flush()
-        if "tokens_per_s" in metrics:
-            self.rates.append(metrics["tokens_per_s"])
-
-    def close(self):
-        if not self.enabled:
-            return
-        if len(self.rates) > 1:  # the first interval holds compilation and autotuning
-            self.wandb.summary["tokens_per_s_median"] = statistics.median(self.rates[1:])
-        self.file.close()
-        self.wandb.finish()
 
 
 @torch.no_grad()
