@@ -96,7 +96,8 @@ def train(run_dir, experiment, overrides, extra=(), steps_per_run=None, nproc=1)
     cmd.append("train.resume=auto")  # a cut run continues from its checkpoint
     if steps_per_run:
         cmd.append(f"train.steps_per_run={steps_per_run}")
-    print("$", " ".join(cmd[1:]), flush=True)
+    shown = " ".join(cmd[1:]).replace("-m torch.distributed.run", "torchrun")
+    print("$", shown if nproc > 1 else f"python {shown}", flush=True)
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     (run_dir / "train.log").write_text(r.stdout + r.stderr) if run_dir.is_dir() else None
     if r.returncode != 0:

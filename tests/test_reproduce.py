@@ -25,6 +25,6 @@ def test_reproduce_toy_budget(tmp_path, shared_data, monkeypatch, capsys):
     assert "- flash-256: finished" in report and "Figure 3: not measured" in report
     capsys.readouterr()
     main(args)  # finished runs are reused: nothing trains again
-    assert "$ train.py" not in capsys.readouterr().out
+    assert "train.py" not in capsys.readouterr().out
     main([str(out), "--budget", "toy", "--report-only"])
     assert (out / "report.md").read_text().count("| flash-256 | 256 |") >= 1
