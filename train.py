@@ -237,7 +237,8 @@ def run(cfg, d, preemption):
     autocast = torch.autocast("cuda", dtype=dtype) if on_cuda and dtype != torch.float32 else nullcontext()
     batches = TrainBatches(train_data, micro_batch, cfg.context, batch_gen, device, prefetch=t.prefetch,
                            accum=accum, rank=d.rank, world=d.world)
-    peak = peak_flops(torch.cuda.get_device_name()) * d.world if on_cuda else None
+    peak = peak_flops(torch.cuda.get_device_name()) if on_cuda else None  # None: an unknown GPU, no MFU
+    peak = peak * d.world if peak else None  # MFU per GPU: tokens/s is the world's
     flops_per_token = model.flops_per_token(cfg.context)
     logger = Logger(cfg, out_dir, run_id, enabled=d.main)
     run_id = logger.run_id
