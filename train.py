@@ -142,7 +142,7 @@ def evaluate(model, data, micro_batch, context, device, autocast, max_tokens, by
     by_position also the mean loss at each position of the window (from the logits: evidence
     of whether a longer context is used)."""
     model.eval()
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss x tokens, tokens
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0  # sum of token losses (no sync per batch)
     per_position = torch.zeros(context, dtype=torch.float64, device=device)
     for x, y in eval_batches(data, micro_batch, context, device, max_tokens, d.rank, d.world):
         with autocast:
@@ -152,9 +152,10 @@ def evaluate(model, data, micro_batch, context, device, autocast, max_tokens, by
             losses = torch.nn.functional.cross_entropy(out.float().transpose(1, 2), y, reduction="none")
             per_position += losses.sum(0).double()
             loss = losses.mean()
-        sums += torch.stack([loss.double() * y.numel(), torch.tensor(y.numel(), dtype=torch.float64, device=device)])
+        total += loss.double() * y.numel()
+        count += y.numel()
     model.train()
-    total, count = distributed.total(sums, d).tolist()
+    total, count = distributed.total(torch.stack([total, total.new_tensor(count)]), d).tolist()
     metrics = {"val/loss": total / count, "val/ppl": math.exp(total / count)}
     if by_position:
         metrics["val/loss_by_position"] = (distributed.total(per_position, d) * context / count).tolist()
@@ -182,9 +183,10 @@ def resuming(t, out_dir, d):
     """Whether this run continues from a checkpoint: train.resume true | false | auto (if one exists)."""
     if t.resume not in (True, False, "auto"):
         raise ValueError(f"train.resume={t.resume!r}: true | false | auto")
-    if t.resume is True and not checkpoints.saved(out_dir):
+    found = bool(checkpoints.saved(out_dir))
+    if t.resume is True and not found:
         raise FileNotFoundError(f"train.resume=true but there is no checkpoint (ckpt-*.pt) in {out_dir}")
-    return t.resume is True or (t.resume == "auto" and bool(checkpoints.saved(out_dir)))
+    return t.resume is True or (t.resume == "auto" and found)
 
 
 def train(cfg: DictConfig):

@@ -478,8 +478,7 @@ FORCE_WIDE = os.environ.get("FLASH_WIDE") == "1"
 def wide(*tensors):
     """Whether any offset into these tensors can reach 2^31 (the largest is the sum over dims
     of (size - 1) x stride), so the kernels must index in int64."""
-    return FORCE_WIDE or any(sum((n - 1) * s for n, s in zip(t.shape, t.stride())) >= 2**31 - 1
-                             for t in tensors if t is not None)
+    return FORCE_WIDE or any(sum((n - 1) * s for n, s in zip(t.shape, t.stride())) >= 2**31 - 1 for t in tensors)
 
 
 def _launch(name, D, n, tile, batch_heads, args, constexprs, signature, wrap=None):
@@ -491,12 +490,15 @@ def _launch(name, D, n, tile, batch_heads, args, constexprs, signature, wrap=Non
     launch with the same constexprs and `signature` (see _signature), eager calls reuse
     its compiled kernel and tuned tiles directly. Inside a triton_op, `wrap` (wrap_triton)
     hands the launch to torch.compile instead."""
-    key = None if signature is None else (name, *constexprs.values(), signature)
+    key = None if signature is None else (name, FORCE_WIDE, *constexprs.values(), signature)
     hit = _COMPILED.get(key)  # never under None
     if hit is not None:
         compiled, tail, block = hit
         compiled[(batch_heads, triton.cdiv(n, block), 1)](*args, *tail)
         return
+    # WIDE follows from the tensors' shapes and strides, which the signature holds: decided
+    # here, once per signature, not on every launch.
+    constexprs = {**constexprs, "WIDE": wide(*(a for a in args if isinstance(a, torch.Tensor)))}
     kernel, tiles = _kernel(name, D, decode=name == "fwd" and n <= DECODE_MAX_N_Q)
     grid = lambda meta: (batch_heads, triton.cdiv(n, meta[tile]))  # noqa: E731
     compiled = (wrap(kernel) if wrap else kernel)[grid](*args, **constexprs, **tiles)
@@ -519,8 +521,7 @@ def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, wrap=None):
     _launch("fwd", D, N_q, "B_r", B * H,
             (q, k, v, o, lse, seed, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
              H, N_q, N_k, scale * LOG2E, dropout_p),
-            dict(CAUSAL=causal, DROPOUT=dropout_p > 0, D=D, WIDE=wide(q, k, v, o)), _signature(wrap, q, k, v, seed),
-            wrap)
+            dict(CAUSAL=causal, DROPOUT=dropout_p > 0, D=D), _signature(wrap, q, k, v, seed), wrap)
     return o, lse
 
 
@@ -536,7 +537,7 @@ def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, wrap=
     args = (q, k, v, do)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
     scalars = (H, N_q, N_k, scale * LOG2E, scale, dropout_p)
-    common = dict(CAUSAL=causal, DROPOUT=dropout_p > 0, WIDE=wide(q, k, v, do, o, dq, dk, dv))
+    common = dict(CAUSAL=causal, DROPOUT=dropout_p > 0)
     signature = _signature(wrap, q, k, v, do, seed, *(() if dlse is None else (dlse,)))
     # dQ first: its prologue writes D, which the dK/dV kernel reads.
     _launch("dq", D, N_q, "B_r", B * H,

@@ -39,12 +39,6 @@ def _windows(data, starts, context, pin=False):
     return xy.pin_memory() if pin else xy
 
 
-def random_batch(data, batch_size, context, generator, device):
-    """`batch_size` random windows: x = tokens[i : i+T], y = tokens[i+1 : i+T+1]."""
-    starts = torch.randint(len(data) - context, (batch_size,), generator=generator).tolist()
-    return _to_device(_windows(data, starts, context), device)
-
-
 class TrainBatches:
     """An endless iterator of micro-batches of random windows, the same sequence for the same
     generator state, with the next step's batches gathered ahead on a worker thread when

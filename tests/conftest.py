@@ -79,6 +79,15 @@ def losses(run_dir, key="train/loss"):
     return {m["step"]: m[key] for m in read_metrics(run_dir) if key in m}
 
 
+def assert_follows(run_dir, reference_dir, tol=0.0):
+    """The run logged the reference's steps with the same train losses: exactly (tol 0: the
+    same process count resumed), or within tol (other ranks: fp32 summation order)."""
+    ref, run = losses(reference_dir), losses(run_dir)
+    assert sorted(run) == sorted(ref)
+    for step in ref:
+        assert run[step] == ref[step] if tol == 0 else run[step] == pytest.approx(ref[step], abs=tol), step
+
+
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory):
     if not (SHARED / "data").is_dir():

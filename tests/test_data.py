@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from data.batches import eval_batches, random_batch, tokens
+from data.batches import TrainBatches, eval_batches, tokens
 from data.prepare import EOT, load_splits, prepare, tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,12 +91,28 @@ def test_openwebtext_offline_names_the_local_alternatives(tmp_path, monkeypatch)
 def test_batches(shared_data, tmp_path):
     import torch
     data = tokens(prepare(owt_cfg(shared_data, tmp_path))["val"])
-    x, y = random_batch(data, 4, 64, torch.Generator().manual_seed(0), "cpu")
+    x, y = next(TrainBatches(data, 4, 64, torch.Generator().manual_seed(0), "cpu", prefetch=False))
     assert x.shape == y.shape == (4, 64) and torch.equal(x[:, 1:], y[:, :-1])
     windows = list(eval_batches(data, 3, 64, "cpu", max_tokens=640))
     xs = torch.cat([x for x, _ in windows])
     assert xs.shape == (10, 64)
     assert torch.equal(xs.flatten(), torch.from_numpy(data[:640].astype(np.int64)))  # in order, no overlap
+    # Two ranks: equal contiguous shares that together are the one rank's windows.
+    shares = [torch.cat([x for x, _ in eval_batches(data, 3, 64, "cpu", 640, rank, 2)]) for rank in (0, 1)]
+    assert shares[0].shape == shares[1].shape == (5, 64) and torch.equal(torch.cat(shares), xs)
+
+
+def test_ranks_split_each_steps_windows(shared_data, tmp_path):
+    """1 rank x 2 micro-batches sees what 2 ranks x 1 micro-batch see, step after step."""
+    import torch
+    data = tokens(prepare(owt_cfg(shared_data, tmp_path))["val"])
+    one = TrainBatches(data, 3, 32, torch.Generator().manual_seed(7), "cpu", prefetch=False, accum=2)
+    ranks = [TrainBatches(data, 3, 32, torch.Generator().manual_seed(7), "cpu", prefetch=True, rank=r, world=2)
+             for r in (0, 1)]
+    for _ in range(3):
+        assert torch.equal(torch.cat([next(one)[0], next(one)[0]]), torch.cat([next(b)[0] for b in ranks]))
+    for b in ranks:
+        b.close()
 
 
 def test_prefetched_batches_are_the_same_sequence_and_resume(shared_data, tmp_path):

@@ -41,7 +41,7 @@ def test_hf_model_rejects_what_it_cannot_run():
 @pytest.fixture(scope="module")
 def exported(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "hf"
-    r = subprocess.run([sys.executable, "-m", "model.hf", "export", str(tiny_run), str(out)],
+    r = subprocess.run([sys.executable, "-m", "model.hf", "export", str(tiny_run / "ckpt.pt"), str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return out

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REFERENCE, ROOT, losses, train_cmd, train_py, wait_for_step
+from tests.conftest import REFERENCE, ROOT, assert_follows, losses, train_cmd, train_py, wait_for_step
 from training import checkpoints
 
 
@@ -42,8 +42,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_cleanly(tmp_path, refer
     assert stopped in steps_of_checkpoints(tmp_path / "run")
     r = resume(tmp_path)
     assert f"at step {stopped}" in r.stdout
-    ref, run = losses(reference_run), losses(tmp_path / "run")
-    assert [run[s] for s in range(1, 13)] == [ref[s] for s in range(1, 13)]
+    assert_follows(tmp_path / "run", reference_run)
 
 
 def pids_of_workers(torchrun_pid):
@@ -75,9 +74,7 @@ def test_signal_under_torchrun_stops_both_ranks_after_the_same_step(tmp_path, re
     said = ["a signal to another rank", "SIGUSR1"] if target == "one rank" else ["SIGTERM"]
     assert any(f"{name}: stopped after step {stopped} with a checkpoint" in out for name in said)
     resume(tmp_path, nproc=2)
-    ref, run = losses(reference_run), losses(tmp_path / "run")
-    for step in range(1, 13):
-        assert run[step] == pytest.approx(ref[step], abs=1e-4), step
+    assert_follows(tmp_path / "run", reference_run, 1e-4)
 
 
 def test_kill_9_at_a_random_step_then_resume_repeats_the_losses(tmp_path, reference_run):
@@ -93,5 +90,4 @@ def test_kill_9_at_a_random_step_then_resume_repeats_the_losses(tmp_path, refere
     r = resume(tmp_path)
     assert f"at step {saved[-1]}" in r.stdout
     assert not list((tmp_path / "run").glob("*.tmp"))  # a write the kill cut short is cleared
-    ref, run = losses(reference_run), losses(tmp_path / "run")  # the resumed rows replace the killed run's
-    assert [run[s] for s in range(1, 13)] == [ref[s] for s in range(1, 13)]
+    assert_follows(tmp_path / "run", reference_run)  # the resumed rows replace the killed run's

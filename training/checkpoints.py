@@ -1,4 +1,5 @@
-"""A run's checkpoints: ckpt-<step>.pt files in its directory, the newest train.keep_checkpoints kept.
+"""A run's checkpoints: ckpt-<step>.pt files in its directory, the newest train.keep_checkpoints kept,
+and ckpt.pt linking to the newest written.
 
 Each is one torch.save file with the full (unsharded) model and optimizer state keyed by
 parameter name (torch.distributed.checkpoint's full state dicts, gathered to rank 0), so a
@@ -23,6 +24,7 @@ import torch
 from training import distributed
 
 NAME = "ckpt-{step:08d}.pt"
+LATEST = "ckpt.pt"  # a relative symlink to the newest one written
 PATTERN = re.compile(r"ckpt-(\d+)\.pt")
 
 
@@ -94,6 +96,10 @@ def save(run_dir, step, state, keep):
         old.unlink()
     for stale in Path(run_dir).glob("ckpt-*.pt.tmp"):  # a write a kill cut short
         stale.unlink()
+    link = path.with_name(LATEST + ".tmp")  # ckpt.pt: the newest, for `export RUN/ckpt.pt` and the like
+    link.unlink(missing_ok=True)
+    link.symlink_to(path.name)
+    os.replace(link, path.with_name(LATEST))
     return path
 
 
