@@ -42,6 +42,7 @@ so the model never transposes; any strides are accepted as long as head_dim is c
 
 import math
 import os
+import threading
 
 import torch
 import triton
@@ -141,11 +142,16 @@ def _key_range(i, N_Q, N_K, CAUSAL: tl.constexpr, MASK_EDGE: tl.constexpr, B_r: 
 def _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn, start, end,
                offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
-               B_c: tl.constexpr):
-    """Streams K/V blocks [start, end) through the online softmax of one Q block."""
+               B_c: tl.constexpr, TMA: tl.constexpr):
+    """Streams K/V blocks [start, end) through the online softmax of one Q block. With TMA,
+    K_block and V_block are tensor descriptors (the copy engine fetches whole tiles and fills
+    rows past N_K with zeros); otherwise base pointers."""
     for start_n in range(start, end, B_c):
         cols = start_n + offs_n
-        if MASKED:
+        if TMA:
+            kT = tl.trans(K_block.load([start_n, 0]))
+            v = V_block.load([start_n, 0])
+        elif MASKED:
             kT = tl.load(K_block + cols[None, :] * stride_kn + offs_d[:, None], mask=cols[None, :] < N_K, other=0.0)
             v = tl.load(V_block + cols[:, None] * stride_vn + offs_d[None, :], mask=cols[:, None] < N_K, other=0.0)
         else:
@@ -177,7 +183,7 @@ def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr,
                       stride_vb, stride_vn, stride_vh, stride_ob, stride_on, stride_oh,
                       H, N_Q, N_K, qk_scale, dropout_p,
                       CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, D: tl.constexpr, WIDE: tl.constexpr,
-                      B_r: tl.constexpr, B_c: tl.constexpr):
+                      B_r: tl.constexpr, B_c: tl.constexpr, TMA: tl.constexpr):
     bh = _index(tl.program_id(0), WIDE)
     i = _block_index(CAUSAL)
     b = bh // H
@@ -186,10 +192,16 @@ def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr,
     offs_m = i * B_r + _index(tl.arange(0, B_r), WIDE)
     offs_n = _index(tl.arange(0, B_c), WIDE)
     offs_d = tl.arange(0, D)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :],
-                mask=offs_m[:, None] < N_Q, other=0.0)
     K_block = K + b * stride_kb + h * stride_kh
     V_block = V + b * stride_vb + h * stride_vh
+    if TMA:  # Hopper: one (N x D) descriptor per matrix of this (batch, head)
+        Q_desc = tl.make_tensor_descriptor(Q + b * stride_qb + h * stride_qh, [N_Q, D], [stride_qn, 1], [B_r, D])
+        K_block = tl.make_tensor_descriptor(K_block, [N_K, D], [stride_kn, 1], [B_c, D])
+        V_block = tl.make_tensor_descriptor(V_block, [N_K, D], [stride_vn, 1], [B_c, D])
+        q = Q_desc.load([i * B_r, 0])
+    else:
+        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :],
+                    mask=offs_m[:, None] < N_Q, other=0.0)
     seed = tl.load(seed_ptr)
 
     m_i = tl.full([B_r], float("-inf"), dtype=tl.float32)
@@ -200,10 +212,10 @@ def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr,
     unmasked_end, end = _key_range(i, N_Q, N_K, CAUSAL, True, B_r, B_c)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
                                0, unmasked_end, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
-                               qk_scale, dropout_p, False, CAUSAL, DROPOUT, B_c)
+                               qk_scale, dropout_p, False, CAUSAL, DROPOUT, B_c, TMA)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
                                unmasked_end, end, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
-                               qk_scale, dropout_p, True, CAUSAL, DROPOUT, B_c)
+                               qk_scale, dropout_p, True, CAUSAL, DROPOUT, B_c, TMA)
 
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
@@ -392,14 +404,15 @@ def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr, O, dLSE,
 # --------------------------------------------------------------------------------------------
 # launch configuration: autotuned on GPU, one small fixed config under the CPU interpreter
 # --------------------------------------------------------------------------------------------
-def _cfg(b_r, b_c, warps, stages):
-    return triton.Config({"B_r": b_r, "B_c": b_c}, num_warps=warps, num_stages=stages)
+def _cfg(b_r, b_c, warps, stages, **constexprs):
+    return triton.Config({"B_r": b_r, "B_c": b_c, **constexprs}, num_warps=warps, num_stages=stages)
 
 
 def _fits(cfg, d):
-    """Tiles whose fp32 accumulators fit in registers at head dim d."""
+    """Tiles whose fp32 accumulators fit in registers at head dim d (at 128, 8 warps hold
+    a 128 x 128 tile: the best forward tile there on the H100)."""
     max_tile = {16: 128 * 128, 32: 128 * 128, 64: 128 * 128, 128: 128 * 64, 256: 64 * 64}[d]
-    return cfg.kwargs["B_r"] * cfg.kwargs["B_c"] <= max_tile
+    return cfg.kwargs["B_r"] * cfg.kwargs["B_c"] <= max_tile * (2 if d == 128 and cfg.num_warps == 8 else 1)
 
 
 def _fixed_config(kernel, d):
@@ -420,13 +433,18 @@ AUTOTUNE = not INTERPRET and os.environ.get("FLASH_AUTOTUNE", "1") != "0"
 # shape tuned once is not tuned again by the next process (FLASH_TUNING_CACHE=0: tune every time).
 TUNING_CACHE = os.environ.get("FLASH_TUNING_CACHE", "1") != "0"
 CONFIGS = {
-    "fwd": [_cfg(128, 64, 4, 3), _cfg(128, 64, 4, 4), _cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3),
-            _cfg(128, 128, 4, 3), _cfg(64, 64, 4, 3), _cfg(64, 64, 4, 2), _cfg(64, 32, 4, 2)],
+    "fwd": [_cfg(*tiles, TMA=False) for tiles in [(128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 8, 3), (128, 64, 8, 4),
+            (128, 128, 8, 3), (128, 128, 4, 3), (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2)]],
     "dkdv": [_cfg(32, 128, 4, 3), _cfg(32, 128, 4, 5), _cfg(64, 128, 8, 3), _cfg(32, 64, 4, 3),
              _cfg(64, 64, 4, 3), _cfg(16, 64, 4, 2), _cfg(32, 32, 4, 2)],
     "dq": [_cfg(128, 32, 4, 3), _cfg(128, 32, 4, 5), _cfg(128, 64, 8, 3), _cfg(64, 32, 4, 3),
            _cfg(64, 64, 4, 3), _cfg(64, 16, 4, 2), _cfg(32, 32, 4, 2)],
 }
+# Hopper (sm90): the forward may also load Q, K and V through TMA tensor descriptors. Measured
+# on the H100 (notes.md): ~15% faster at head dim 128, even to slower at 64 and short N, so
+# these configs join the pointer ones and the autotuner chooses per shape.
+HOPPER_FWD = [_cfg(128, 128, 8, 3, TMA=True), _cfg(128, 64, 8, 4, TMA=True), _cfg(128, 128, 4, 3, TMA=True),
+              _cfg(128, 64, 4, 3, TMA=True)]
 KERNELS = {"fwd": flash2_fwd_kernel, "dkdv": flash2_bwd_dkdv_kernel, "dq": flash2_bwd_dq_kernel}
 _tuned = {}
 
@@ -435,27 +453,68 @@ _tuned = {}
 # autotuner keys on N_K, so it would tune again for every new token, seconds each. These
 # launches take one small-tile config instead.
 DECODE_MAX_N_Q = 16
-DECODE_CONFIG = dict(B_r=16, B_c=64, num_warps=4, num_stages=3)
+DECODE_CONFIG = dict(B_r=16, B_c=64, num_warps=4, num_stages=3, TMA=False)  # forward only
 
 
-def _kernel(name, d, decode=False):
+def _kernel(name, d, decode=False, tma=False):
     """The kernel to launch and its fixed launch parameters: with autotuning, one autotuner per
-    head dim over the configs that fit it (a plain config list, which Inductor can also read)."""
+    head dim (and with or without the TMA configs) over the configs that fit it (a plain config
+    list, which Inductor can also read)."""
     if decode and AUTOTUNE:
         return KERNELS[name], DECODE_CONFIG
     if not AUTOTUNE:
-        return KERNELS[name], _fixed_config(name, d)
-    if (name, d) not in _tuned:
-        configs = [c for c in CONFIGS[name] if _fits(c, d)]
-        _tuned[name, d] = triton.autotune(configs, key=["N_Q", "N_K", "CAUSAL", "DROPOUT"],
-                                          cache_results=TUNING_CACHE)(KERNELS[name])
-    return _tuned[name, d], {}
+        return KERNELS[name], {**_fixed_config(name, d), **({"TMA": tma} if name == "fwd" else {})}
+    if (name, d, tma) not in _tuned:
+        configs = [c for c in CONFIGS[name] + (HOPPER_FWD if tma else []) if _fits(c, d)]
+        # D and WIDE are in the key although each autotuner serves one head dim: results persist
+        # on disk keyed by these values and the config list, which can be the same for two dims.
+        _tuned[name, d, tma] = triton.autotune(configs, key=["N_Q", "N_K", "CAUSAL", "DROPOUT", "D", "WIDE"],
+                                               cache_results=TUNING_CACHE)(KERNELS[name])
+    return _tuned[name, d, tma], {}
+
+
+# FLASH_TMA=0: never the TMA forward; FLASH_TMA=1: wherever descriptors are legal, GPUs other
+# than Hopper and the CPU interpreter included (how the CPU tests reach it).
+FORCE_TMA = os.environ.get("FLASH_TMA") == "1"
+NO_TMA = os.environ.get("FLASH_TMA") == "0"
+_HOPPER = {}
+_ALLOCATOR_SET = threading.local()
+
+
+def tma_ok(*tensors):
+    """Whether the TMA forward may read these tensors: on Hopper (or forced), every (batch,
+    head) matrix starting 16-byte aligned with 16-byte aligned row strides, as the copy engine
+    requires."""
+    if NO_TMA:
+        return False
+    device = tensors[0].device
+    if not FORCE_TMA:
+        if device.type != "cuda":
+            return False
+        if device not in _HOPPER:
+            _HOPPER[device] = torch.cuda.get_device_capability(device)[0] == 9
+        if not _HOPPER[device]:
+            return False
+    return all(t.data_ptr() % 16 == 0 and all(st * t.element_size() % 16 == 0 for st in t.stride()[:3]) for t in tensors)
+
+
+def _scratch(size, alignment, stream):
+    return torch.empty(size, dtype=torch.int8, device="cuda" if not INTERPRET else "cpu")
+
+
+def _ensure_allocator():
+    """Device-side descriptors live in a small global-memory scratch that Triton asks an
+    allocator for. Triton keeps the allocator per thread context (a ContextVar), and autograd's
+    backward runs in another thread, so it is set once in every thread that launches."""
+    if not getattr(_ALLOCATOR_SET, "done", False):
+        triton.set_allocator(_scratch)
+        _ALLOCATOR_SET.done = True
 
 
 # --------------------------------------------------------------------------------------------
 # host launch path
 # --------------------------------------------------------------------------------------------
-_COMPILED = {}  # launch signature -> (compiled kernel, trailing constexpr arguments, tile size)
+_COMPILED = {}  # launch signature -> (compiled kernel, trailing constexpr arguments, tile size, TMA)
 # FLASH_FAST_LAUNCH=0 keeps Triton's generic launch path (to time the difference).
 FAST_LAUNCH = not INTERPRET and os.environ.get("FLASH_FAST_LAUNCH", "1") != "0"
 
@@ -490,16 +549,23 @@ def _launch(name, D, n, tile, batch_heads, args, constexprs, signature, wrap=Non
     launch with the same constexprs and `signature` (see _signature), eager calls reuse
     its compiled kernel and tuned tiles directly. Inside a triton_op, `wrap` (wrap_triton)
     hands the launch to torch.compile instead."""
-    key = None if signature is None else (name, FORCE_WIDE, *constexprs.values(), signature)
+    key = None if signature is None else (name, FORCE_WIDE, FORCE_TMA, *constexprs.values(), signature)
     hit = _COMPILED.get(key)  # never under None
     if hit is not None:
-        compiled, tail, block = hit
+        compiled, tail, block, tma = hit
+        if tma:
+            _ensure_allocator()
         compiled[(batch_heads, triton.cdiv(n, block), 1)](*args, *tail)
         return
     # WIDE follows from the tensors' shapes and strides, which the signature holds: decided
     # here, once per signature, not on every launch.
     constexprs = {**constexprs, "WIDE": wide(*(a for a in args if isinstance(a, torch.Tensor)))}
-    kernel, tiles = _kernel(name, D, decode=name == "fwd" and n <= DECODE_MAX_N_Q)
+    decode = name == "fwd" and n <= DECODE_MAX_N_Q
+    # The TMA forward only in eager launches: Inductor passes no descriptor scratch (pytorch#148052).
+    tma = name == "fwd" and not decode and wrap is None and tma_ok(*args[:3])
+    if tma:
+        _ensure_allocator()
+    kernel, tiles = _kernel(name, D, decode, tma)
     grid = lambda meta: (batch_heads, triton.cdiv(n, meta[tile]))  # noqa: E731
     compiled = (wrap(kernel) if wrap else kernel)[grid](*args, **constexprs, **tiles)
     if key is not None:
@@ -507,7 +573,7 @@ def _launch(name, D, n, tile, batch_heads, args, constexprs, signature, wrap=Non
         tail = tuple(chosen[p] for p in KERNELS[name].arg_names[len(args):])
         if len(_COMPILED) > 4096:  # e.g. one entry per KV-cache length in generation
             _COMPILED.clear()
-        _COMPILED[key] = (compiled, tail, chosen[tile])
+        _COMPILED[key] = (compiled, tail, chosen[tile], chosen.get("TMA", False))
 
 
 # --------------------------------------------------------------------------------------------

@@ -172,6 +172,37 @@ def test_64_bit_index_path(monkeypatch, causal):
         assert ours <= 2 * naive + floor, f"{name}: error {ours:.2e} > 2 x naive {naive:.2e} + {floor:.1e}"
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_tma_forward_path(monkeypatch, causal):
+    """The Hopper forward (Q, K, V through tensor descriptors), forced off Hopper: ragged
+    blocks (rows past N read as zeros), dropout, N_q != N_k, and layouts whose rows the copy
+    engine cannot address (they fall back to pointer loads)."""
+    from attention import flash
+    monkeypatch.setattr(flash, "FORCE_TMA", True)
+    for n_q, n_k, p in [(40, 23, 0.17), (23, 40, 0.0)]:
+        for name, (ours, naive, floor) in zip(["out", "dq", "dk", "dv"],
+                                              _errors("flash", torch.float16, 16, causal, n_q, n_k, p)):
+            assert ours <= 2 * naive + floor, f"{name}: error {ours:.2e} > 2 x naive {naive:.2e} + {floor:.1e}"
+    for layout in ["fused-qkv", "misaligned"]:
+        for name, (ours, naive, floor) in zip(["out", "dq", "dk", "dv"],
+                                              _errors("flash", torch.float16, 16, causal, 40, 40, 0.0,
+                                                      layout=LAYOUTS[layout])):
+            assert ours <= 2 * naive + floor, f"{layout} {name}: error {ours:.2e} > 2 x naive {naive:.2e} + {floor:.1e}"
+
+
+def test_tma_only_where_the_copy_engine_can_address_the_rows(monkeypatch):
+    from attention import flash
+    t = torch.empty(2, 8, 3, 16, dtype=torch.float16)
+    odd_rows = torch.empty(2, 8, 49, dtype=torch.float16)[:, :, :48].unflatten(-1, (3, 16))  # 98-byte rows
+    shifted = torch.empty(2 * 8 * 48 + 1, dtype=torch.float16)[1:].view(2, 8, 3, 16)  # 2-byte offset
+    monkeypatch.setattr(flash, "FORCE_TMA", False)
+    assert not flash.tma_ok(t, t, t)  # not a Hopper GPU
+    monkeypatch.setattr(flash, "FORCE_TMA", True)
+    assert flash.tma_ok(t, t, t)
+    assert not flash.tma_ok(t, odd_rows, t)
+    assert not flash.tma_ok(t, t, shifted)
+
+
 def test_wide_is_chosen_by_the_largest_offset():
     from attention.flash import wide
     small = torch.empty(2, 8, 3, 16, device="meta")
