@@ -203,6 +203,11 @@ def test_tma_only_where_the_copy_engine_can_address_the_rows(monkeypatch):
     assert not flash.tma_ok(t, t, shifted)
 
 
+def test_tuning_key_separates_grid_sizes():
+    from attention.flash import bh_bucket
+    assert [bh_bucket(n) for n in (1, 2, 3, 12, 16, 17, 384)] == [1, 2, 4, 16, 16, 32, 512]
+
+
 def test_wide_is_chosen_by_the_largest_offset():
     from attention.flash import wide
     small = torch.empty(2, 8, 3, 16, device="meta")
