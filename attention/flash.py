@@ -181,7 +181,7 @@ def _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn, start, 
 def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr,
                       stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
                       stride_vb, stride_vn, stride_vh, stride_ob, stride_on, stride_oh,
-                      H, BH_BUCKET, N_Q, N_K, qk_scale, dropout_p,
+                      H, BH_BUCKET, NQ_BUCKET, NK_BUCKET, N_Q, N_K, qk_scale, dropout_p,
                       CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, D: tl.constexpr, WIDE: tl.constexpr,
                       B_r: tl.constexpr, B_c: tl.constexpr, TMA: tl.constexpr):
     bh = _index(tl.program_id(0), WIDE)
@@ -294,7 +294,7 @@ def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr,
                            stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
                            stride_vb, stride_vn, stride_vh, stride_dob, stride_don, stride_doh,
                            stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
-                           H, BH_BUCKET, N_Q, N_K, qk_scale, sm_scale, dropout_p,
+                           H, BH_BUCKET, NQ_BUCKET, NK_BUCKET, N_Q, N_K, qk_scale, sm_scale, dropout_p,
                            CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, D: tl.constexpr, WIDE: tl.constexpr,
                            B_r: tl.constexpr, B_c: tl.constexpr):
     bh = _index(tl.program_id(0), WIDE)
@@ -364,7 +364,7 @@ def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr, O, dLSE,
                          stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
                          stride_vb, stride_vn, stride_vh, stride_dob, stride_don, stride_doh,
                          stride_dqb, stride_dqn, stride_dqh, stride_ob, stride_on, stride_oh,
-                         H, BH_BUCKET, N_Q, N_K, qk_scale, sm_scale, dropout_p,
+                         H, BH_BUCKET, NQ_BUCKET, NK_BUCKET, N_Q, N_K, qk_scale, sm_scale, dropout_p,
                          CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, HAS_DLSE: tl.constexpr,
                          D: tl.constexpr, WIDE: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr):
     """Runs before the dK/dV kernel: its prologue computes D for its rows and writes it for
@@ -450,8 +450,8 @@ _tuned = {}
 
 
 # Decoding with a KV cache (a few queries against a cache that grows by one each step): the
-# autotuner keys on N_K, so it would tune again for every new token, seconds each. These
-# launches take one small-tile config instead.
+# tuned tiles are sized for many query rows, and the cache length would cross a new tuning
+# bucket every doubling. These launches take one small-tile config instead.
 DECODE_MAX_N_Q = 16
 DECODE_CONFIG = dict(B_r=16, B_c=64, num_warps=4, num_stages=3, TMA=False)  # forward only
 
@@ -468,8 +468,11 @@ def _kernel(name, d, decode=False, tma=False):
         configs = [c for c in CONFIGS[name] + (HOPPER_FWD if tma else []) if _fits(c, d)]
         # D and WIDE are in the key although each autotuner serves one head dim: results persist
         # on disk keyed by these values and the config list, which can be the same for two dims.
-        # BH_BUCKET: the best tile depends on how many programs fill the GPU, not only on N.
-        _tuned[name, d, tma] = triton.autotune(configs, key=["N_Q", "N_K", "BH_BUCKET", "CAUSAL", "DROPOUT", "D", "WIDE"],
+        # The sizes enter the key as power-of-two buckets (see `bucket`): batch x heads, because
+        # the best tile depends on how many programs fill the GPU, and N_q, N_k, so that a new
+        # length in a known bucket (a prompt, evaluation at another context) is not tuned again.
+        _tuned[name, d, tma] = triton.autotune(configs, key=["NQ_BUCKET", "NK_BUCKET", "BH_BUCKET", "CAUSAL", "DROPOUT",
+                                                             "D", "WIDE"],
                                                cache_results=TUNING_CACHE)(KERNELS[name])
     return _tuned[name, d, tma], {}
 
@@ -541,11 +544,13 @@ def wide(*tensors):
     return FORCE_WIDE or any(sum((n - 1) * s for n, s in zip(t.shape, t.stride())) >= 2**31 - 1 for t in tensors)
 
 
-def bh_bucket(batch_heads):
-    """batch x heads rounded up to a power of two: an argument the kernels ignore, there for the
-    autotuner's key. Tuned at batch 1, small tiles win (more programs for the SMs) and were
-    then reused at batch 32, where they lose (benchmarks/results/h100/notes.md)."""
-    return 1 << max(0, batch_heads - 1).bit_length()
+def bucket(n):
+    """n rounded up to a power of two: the kernels ignore these arguments, the autotuner keys on
+    them. Keyed on batch x heads because tiles tuned at batch 1 (small: more programs for the
+    SMs) were reused at batch 32, where they lose; keyed on buckets of N instead of N because
+    tuning every new length cost seconds per prompt length in generation and per length in a
+    sweep (benchmarks/results/h100/notes.md)."""
+    return 1 << max(0, n - 1).bit_length()
 
 
 def _launch(name, D, n, tile, batch_heads, args, constexprs, signature, wrap=None):
@@ -594,7 +599,7 @@ def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, wrap=None):
     lse = torch.empty(B, H, N_q, device=q.device, dtype=torch.float32)
     _launch("fwd", D, N_q, "B_r", B * H,
             (q, k, v, o, lse, seed, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
-             H, bh_bucket(B * H), N_q, N_k, scale * LOG2E, dropout_p),
+             H, bucket(B * H), bucket(N_q), bucket(N_k), N_q, N_k, scale * LOG2E, dropout_p),
             dict(CAUSAL=causal, DROPOUT=dropout_p > 0, D=D), _signature(wrap, q, k, v, seed), wrap)
     return o, lse
 
@@ -610,7 +615,7 @@ def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, wrap=
     delta = torch.empty_like(lse)
     args = (q, k, v, do)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
-    scalars = (H, bh_bucket(B * H), N_q, N_k, scale * LOG2E, scale, dropout_p)
+    scalars = (H, bucket(B * H), bucket(N_q), bucket(N_k), N_q, N_k, scale * LOG2E, scale, dropout_p)
     common = dict(CAUSAL=causal, DROPOUT=dropout_p > 0)
     signature = _signature(wrap, q, k, v, do, seed, *(() if dlse is None else (dlse,)))
     # dQ first: its prologue writes D, which the dK/dV kernel reads.

@@ -3,9 +3,12 @@
 the tuning results persisted by an earlier process apply: attention/flash.py TUNING_CACHE).
 
     python benchmarks/first_call.py --shape 4,4096,12,64 [--no-causal]   # prints one JSON line
+    python benchmarks/first_call.py --shape 4,4096,12,64 --lengths 4000,3000,4097   # and one per length
 
 Run it in fresh processes sharing TRITON_CACHE_DIR to see what the cache saves; each call
 measures one process's first call, then a second call at the same shape for comparison.
+--lengths then times the first call at other sequence lengths in the same process (the same
+number of tokens per batch): lengths in a tuned power-of-two bucket are not tuned again.
 """
 
 import argparse
@@ -31,19 +34,22 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="4,4096,12,64", help="B,N,H,D")
     p.add_argument("--no-causal", dest="causal", action="store_false")
+    p.add_argument("--lengths", default="", help="further sequence lengths, comma-separated, timed after --shape")
     a = p.parse_args()
     B, N, H, D = map(int, a.shape.split(","))
-    q, k, v, do = (torch.randn(B, N, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=i < 3) for i in range(4))
     attn = get_attention("flash")
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(2):
-        start = time.perf_counter()
-        fwd_bwd(attn, q, k, v, do, a.causal)
-        times.append(time.perf_counter() - start)
-    print(json.dumps({"shape": [B, N, H, D], "causal": a.causal, "first_s": times[0], "second_s": times[1],
-                      "tuning_cache": os.environ.get("FLASH_TUNING_CACHE", "1") != "0",
-                      "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR")}))
+    for n in [N, *map(int, filter(None, a.lengths.split(",")))]:
+        b = max(1, B * N // n)
+        q, k, v, do = (torch.randn(b, n, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=i < 3) for i in range(4))
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            fwd_bwd(attn, q, k, v, do, a.causal)
+            times.append(time.perf_counter() - start)
+        print(json.dumps({"shape": [b, n, H, D], "causal": a.causal, "first_s": times[0], "second_s": times[1],
+                          "tuning_cache": os.environ.get("FLASH_TUNING_CACHE", "1") != "0",
+                          "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR")}), flush=True)
 
 
 if __name__ == "__main__":

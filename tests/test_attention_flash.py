@@ -204,8 +204,23 @@ def test_tma_only_where_the_copy_engine_can_address_the_rows(monkeypatch):
 
 
 def test_tuning_key_separates_grid_sizes():
-    from attention.flash import bh_bucket
-    assert [bh_bucket(n) for n in (1, 2, 3, 12, 16, 17, 384)] == [1, 2, 4, 16, 16, 32, 512]
+    from attention.flash import bucket
+    assert [bucket(n) for n in (1, 2, 3, 12, 16, 17, 384)] == [1, 2, 4, 16, 16, 32, 512]
+
+
+@gpu_only
+def test_lengths_in_one_bucket_share_one_tuning():
+    """A new length whose power-of-two bucket was tuned runs at once with the tuned tiles."""
+    from attention import flash
+    if not flash.AUTOTUNE:
+        pytest.skip("FLASH_AUTOTUNE=0: fixed tiles, nothing tuned")
+    keys = []
+    for n in (1000, 1020, 1024, 1025):
+        q = torch.randn(1, n, 2, 64, device="cuda", dtype=torch.bfloat16)
+        flash.flash_attention(q, q, q, causal=True)
+        tuner = flash._tuned["fwd", 64, flash.tma_ok(q, q, q)]
+        keys.append(set(tuner.cache))
+    assert keys[0] == keys[1] == keys[2] and len(keys[3] - keys[2]) == 1
 
 
 def test_wide_is_chosen_by_the_largest_offset():
