@@ -208,6 +208,24 @@ def test_tuning_key_separates_grid_sizes():
     assert [bucket(n) for n in (1, 2, 3, 12, 16, 17, 384)] == [1, 2, 4, 16, 16, 32, 512]
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_program_order_changes_no_result(monkeypatch, causal):
+    """Heads outermost or innermost (flash._schedule) only reorders programs: every output and
+    gradient is bit for bit the same, ragged blocks and N_q != N_k included."""
+    from attention import flash
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    q = torch.randn(2, 40, 3, 16, device=DEVICE, dtype=torch.float16, generator=g)
+    k, v = (torch.randn(2, 23, 3, 16, device=DEVICE, dtype=torch.float16, generator=g) for _ in range(2))
+    results = []
+    for outer in (False, True):
+        monkeypatch.setattr(flash, "heads_outer", lambda device, batch_heads, causal, outer=outer: outer)
+        x = [t.clone().requires_grad_() for t in (q, k, v)]
+        o = flash.flash_attention(*x, causal=causal)
+        results.append([o, *torch.autograd.grad(o, x, torch.ones_like(o))])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 @gpu_only
 def test_lengths_in_one_bucket_share_one_tuning():
     """A new length whose power-of-two bucket was tuned runs at once with the tuned tiles."""
