@@ -572,10 +572,8 @@ def heads_outer(device, batch_heads, causal):
     makes longest-first across heads worth more: while one wave of programs (two per SM)
     holds a block of every head. Measured on the H100 (notes.md): heads outermost +3-20%
     non-causal, +13-17% causal at batch x heads 384; -4 to -8% causal at batch x heads 12-48."""
-    if not causal:
+    if not causal or device.type != "cuda":
         return True
-    if device.type != "cuda":  # the interpreter: exercise both orders in small tests
-        return batch_heads > 2
     if device not in _SMS:
         _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
     return batch_heads > 2 * _SMS[device]
@@ -599,9 +597,10 @@ def _launch(name, D, n, tile, batch_heads, args, constexprs, signature, wrap=Non
             _ensure_allocator()
         compiled[(batch_heads * triton.cdiv(n, block), 1, 1)](*args, *tail)
         return
-    # WIDE follows from the tensors' shapes and strides, which the signature holds: decided
-    # here, once per signature, not on every launch.
-    constexprs = {**constexprs, "WIDE": wide(*(a for a in args if isinstance(a, torch.Tensor)))}
+    # WIDE and the program order follow from the tensors' shapes and strides, which the
+    # signature holds: decided here, once per signature, not on every launch.
+    constexprs = {**constexprs, "WIDE": wide(*(a for a in args if isinstance(a, torch.Tensor))),
+                  "HEADS_OUTER": heads_outer(args[0].device, batch_heads, constexprs["CAUSAL"])}
     decode = name == "fwd" and n <= DECODE_MAX_N_Q
     # The TMA forward only in eager launches: Inductor passes no descriptor scratch (pytorch#148052).
     tma = name == "fwd" and not decode and wrap is None and tma_ok(*args[:3])
@@ -629,8 +628,7 @@ def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, wrap=None):
     _launch("fwd", D, N_q, "B_r", B * H,
             (q, k, v, o, lse, seed, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
              H, bucket(B * H), bucket(N_q), bucket(N_k), N_q, N_k, scale * LOG2E, dropout_p),
-            dict(CAUSAL=causal, DROPOUT=dropout_p > 0, D=D, HEADS_OUTER=heads_outer(q.device, B * H, causal)),
-            _signature(wrap, q, k, v, seed), wrap)
+            dict(CAUSAL=causal, DROPOUT=dropout_p > 0, D=D), _signature(wrap, q, k, v, seed), wrap)
     return o, lse
 
 
@@ -646,7 +644,7 @@ def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, wrap=
     args = (q, k, v, do)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
     scalars = (H, bucket(B * H), bucket(N_q), bucket(N_k), N_q, N_k, scale * LOG2E, scale, dropout_p)
-    common = dict(CAUSAL=causal, DROPOUT=dropout_p > 0, HEADS_OUTER=heads_outer(q.device, B * H, causal))
+    common = dict(CAUSAL=causal, DROPOUT=dropout_p > 0)
     signature = _signature(wrap, q, k, v, do, seed, *(() if dlse is None else (dlse,)))
     # dQ first: its prologue writes D, which the dK/dV kernel reads.
     _launch("dq", D, N_q, "B_r", B * H,
