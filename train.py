@@ -195,6 +195,9 @@ def train(cfg: DictConfig):
         t.device = "cuda" if torch.cuda.is_available() else "cpu"
     if t.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu")
+    if t.device == "cpu" and cfg.attention.name in ("flash", "flash1"):  # before any data is prepared
+        raise ValueError(f"attention={cfg.attention.name} runs our Triton kernels in fp16/bf16 on a CUDA GPU; "
+                         "training on the CPU is float32: use attention=sdpa or attention=naive there")
     d = distributed.setup(t.device, t.parallel)
     preemption = Preemption()  # from here on, SIGTERM / SIGUSR1 end the run after a step with a checkpoint
     try:

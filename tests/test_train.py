@@ -61,6 +61,13 @@ def test_bad_input_is_one_clear_error(tmp_path, shared_data, override, message):
     assert r.stderr.count("Error") <= 3  # one message, not a cascade
 
 
+def test_our_kernels_on_the_cpu_are_one_clear_error(tmp_path, shared_data):
+    r = run(tmp_path, "train.max_steps=1", "attention=flash", "train.device=cpu")
+    assert r.returncode != 0
+    assert "attention=flash runs our Triton kernels in fp16/bf16 on a CUDA GPU" in r.stderr
+    assert r.stderr.count("Error") <= 3
+
+
 def test_multirun_sweep_over_backends(tmp_path, shared_data):
     cmd = [sys.executable, "train.py", "-m", *SMALL, "attention=naive,sdpa", "train.max_steps=2",
            "train.eval_every=2", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"data.cache_dir={tmp_path / 'cache'}"]
