@@ -5,15 +5,23 @@ GPT2LMHeadModel (eager, SDPA attention), GPT-2 small, the same tokens per step.
 
     python benchmarks/train_speed.py --contexts 1024,4096 --out benchmarks/results/h100/train-speed
 
-Each variant: warm-up steps (compilation, autotuning), then timed steps (wall clock between two
-device synchronisations); tokens/s = steps x tokens per step / time. Peak memory is
-torch.cuda.max_memory_allocated over the timed steps (weights, optimizer state and
-activations). MFU uses one formula for every variant: the FLOPs per token of our GPT-2 at that
-context (6 N + 12 L H d T, N the parameters without the position table or the vocabulary
-padding; the attention term counts the full T x T scores, as PaLM and nanoGPT do) over the
-GPU's dense bf16 peak (model/gpt.py). After timing, two more steps run under torch.profiler:
-GPU time per step by kernel category, and the attention kernels actually launched (which one
-SDPA picked). Rows are merged into OUT/train_speed.json (a rerun replaces its rows), then
+All variants of a context are built and warmed up first (compilation, autotuning), then timed
+in interleaved rounds (A B C A B C ...), each a window of --seconds of steps, after --settle
+seconds of load: an H100 reaches its power cap within a second of full load and lowers its
+clock, so windows taken at once after a cold start, or one variant long after another, are not
+comparable. tokens/s = steps x tokens per step / GPU time of the window (CUDA events), the
+median over the rounds (min and max beside it); the window's median SM clock and power are
+recorded, and the host's median lead over the GPU at a step's end, with the share of steps at
+whose end the GPU had caught up with the host (lead under 1 ms: launch-bound there). Peak
+memory is a variant's own torch.cuda.max_memory_allocated over two steps (weights, optimizer
+state and activations). MFU uses one formula for every variant: the FLOPs per token of our
+GPT-2 at that context (6 N + 12 L H d T, N the parameters without the position table or the
+vocabulary padding; the attention term counts the full T x T scores, as PaLM and nanoGPT do)
+over the GPU's dense bf16 peak (model/gpt.py). After timing, three more steps run under
+torch.profiler (CUDA activity only): GPU time per step by kernel category, GPU busy (the union
+of kernel intervals over their span), and the attention kernels actually launched (which one
+SDPA picked).
+Rows are merged into OUT/train_speed.json (a rerun replaces its rows), then
 OUT/train_speed.md and OUT/train_speed.png are redrawn from all rows.
 """
 
@@ -33,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.nanogpt_ref import NanoGPT  # noqa: E402
 from model import peak_flops  # noqa: E402
 
-# name -> (kind, train.py overrides). "flash" is train.py's recommended (default) setting.
+# name -> (kind, train.py overrides[, micro-batch tokens of a reference]). "flash" is train.py's recommended (default) setting.
 VARIANTS = {
     "nanogpt": ("nanogpt", []),  # SDPA chooses its kernel (cuDNN on Hopper under torch 2.11)
     "nanogpt-sdpa-flash": ("nanogpt", ["flash"]),  # SDPA pinned to its FlashAttention-2 kernel
@@ -59,12 +67,15 @@ VARIANTS = {
     "flash-chunk16k": ("ours", ["attention=flash", "model.xent_chunk=16384"]),
     "flash-mb8k": ("ours", ["attention=flash", "train.micro_batch_tokens=8192"]),  # 2 micro-batches
     "flash-mb4k": ("ours", ["attention=flash", "train.micro_batch_tokens=4096"]),  # 4 micro-batches
+    # transformers' attention in micro-batches of 4096 tokens: 16K at once does not fit at 4096 on 80 GB
+    "hf-eager-attn-mb4k": ("hf", ["eager"], 4096),
 }
 CATEGORIES = [  # (category, substrings of kernel names), first match wins
     ("attention", ("flash", "fmha", "cudnn", "attn", "attention")),
     ("cross-entropy", ("xent", "log_softmax", "nll", "cross_entropy")),
     ("matmul", ("gemm", "nvjet", "xmma", "cutlass", "sm90_", "sm80_", "matmul", "mm_")),
-    ("optimizer", ("adam", "multi_tensor", "foreach", "norm_")),
+    ("other", ("layer_norm",)),  # before "optimizer": LayerNorm is not the clip's norm
+    ("optimizer", ("adam", "multi_tensor", "foreach", "lpnorm")),
 ]
 
 
@@ -86,10 +97,9 @@ def optimizer_for(model):
                              lr=6e-4, betas=(0.9, 0.95), fused=True)
 
 
-def build(kind, overrides, context, batch_tokens, tokens):
+def build(kind, overrides, context, batch_tokens, tokens, micro_tokens=None):
     """A step() closure doing one optimizer step on batch_tokens tokens, and a description."""
     autocast = torch.autocast("cuda", dtype=torch.bfloat16)
-    micro = batch_tokens // context
     if kind == "ours":
         import train
         from data.batches import TrainBatches
@@ -111,7 +121,9 @@ def build(kind, overrides, context, batch_tokens, tokens):
         return step, (f"train.py {' '.join(overrides)}: {how}, cross-entropy {mc.cross_entropy}, "
                       f"vocab {mc.padded_vocab}, clip {t.grad_clip}, prefetch {t.prefetch}, "
                       f"{accum} micro-batch{'es' if accum > 1 else ''} of {micro} x {context}")
-    x = torch.randint(0, 50257, (micro, context + 1), device="cuda")
+    micro_tokens = micro_tokens or batch_tokens
+    accum = batch_tokens // micro_tokens
+    x = torch.randint(0, 50257, (micro_tokens // context, context + 1), device="cuda")
     x, y = x[:, :-1].contiguous(), x[:, 1:].contiguous()  # one batch held on the GPU
     if kind == "nanogpt":
         from torch.nn.attention import SDPBackend
@@ -127,69 +139,159 @@ def build(kind, overrides, context, batch_tokens, tokens):
         how = f"transformers GPT2LMHeadModel, eager, attn_implementation={overrides[0]}, fused AdamW, no clipping"
     else:
         raise ValueError(kind)
+    if accum > 1:
+        how += f", {accum} micro-batches of {micro_tokens // context} x {context}"
     optimizer = optimizer_for(model)
 
     def step():
-        with autocast:
-            loss = loss_fn()
-        loss.backward()
+        for _ in range(accum):
+            with autocast:
+                loss = loss_fn()
+            (loss / accum).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
     return step, how
 
 
-def profile(step, steps=2):
-    """GPU time per step by kernel category (ms), the top kernels, and the attention kernels."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
-    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
+class Sampler:
+    """Median SM clock (MHz) and power (W) over a window, sampled every 0.1 s on a thread (None
+    where NVML is missing). Under sustained load an H100 reaches its power cap within a second
+    and lowers its clock: tokens/s depend on when a window is taken, so each is reported."""
+
+    def __enter__(self):
+        import threading
+        self.clock, self.power, self.stop = [], [], threading.Event()
+
+        def sample():
+            while not self.stop.wait(0.1):
+                try:
+                    self.clock.append(torch.cuda.clock_rate())
+                    self.power.append(torch.cuda.power_draw() / 1000)
+                except Exception:  # no pynvml: the rows say None
+                    return
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def medians(self):
+        return (float(np.median(self.clock)) if self.clock else None,
+                float(np.median(self.power)) if self.power else None)
+
+
+def window(step, seconds):
+    """Steps for `seconds` of wall clock: (steps, GPU seconds from the first step's start to the
+    last one's end, the host's leads over the GPU at each step's end in ms, past the first three
+    steps, which start from an idle GPU). A lead near 0 means the GPU had run out of work when
+    the host finished enqueueing the step (launch-bound there); a large one, that it had not."""
+    torch.cuda.synchronize()
+    start = torch.cuda.Event(enable_timing=True)
+    start.record()
+    t0, marks = time.perf_counter(), []
+    while not marks or marks[-1][0] < seconds:
+        step()
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        marks.append((time.perf_counter() - t0, end))
+    torch.cuda.synchronize()
+    leads = [start.elapsed_time(e) - 1000 * h for h, e in marks[3:] or marks]
+    return len(marks), start.elapsed_time(marks[-1][1]) / 1000, leads
+
+
+def trace_profile(step, step_ms, steps=3):
+    """GPU ms per step by kernel category, the top kernels, the attention kernels, and GPU busy
+    (the union of kernel intervals over their span). CUDA activity only, and recorded after
+    three untraced steps with no synchronisation between, so the host is as far ahead as it is
+    in training and the span holds no start-up wait. The GPU runs behind the host, so the trace
+    holds about span / step_ms steps' kernels, not `steps`: times are per span / step_ms."""
+    import tempfile
+    from torch.profiler import ProfilerActivity, profile as torch_profile, schedule
+    with torch_profile(activities=[ProfilerActivity.CUDA], schedule=schedule(wait=1, warmup=2, active=steps)) as prof:
+        for _ in range(3 + steps):
             step()
+            prof.step()
         torch.cuda.synchronize()
-    by_cat, kernels = {}, []
-    for e in prof.key_averages():
-        us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
-        if us <= 0 or e.key.startswith(("ProfilerStep", "cudaDevice")) or "Memcpy" in e.key or "Memset" in e.key:
+    with tempfile.TemporaryDirectory() as tmp:
+        prof.export_chrome_trace(f"{tmp}/trace.json")
+        events = json.loads(Path(f"{tmp}/trace.json").read_text())["traceEvents"]
+    spans = sorted((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
+                   if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"))
+    traced_steps = (spans[-1][1] - spans[0][0]) / 1000 / step_ms
+    by_cat, by_kernel, busy, end = {}, {}, 0.0, spans[0][0]
+    for s, e, name in spans:
+        busy, end = busy + max(0.0, e - max(s, end)), max(end, e)
+        if name.startswith(("Memcpy", "Memset")):
             continue
-        ms = us / 1000 / steps
-        by_cat[category(e.key)] = by_cat.get(category(e.key), 0.0) + ms
-        kernels.append((ms, e.key[:90]))
-    kernels.sort(reverse=True)
-    attention = sorted({k for _, k in kernels if category(k) == "attention"})
-    return {k: round(v, 3) for k, v in by_cat.items()}, [(round(ms, 3), k) for ms, k in kernels[:12]], attention
+        ms = (e - s) / 1000 / traced_steps
+        by_cat[category(name)] = by_cat.get(category(name), 0.0) + ms
+        by_kernel[name[:90]] = by_kernel.get(name[:90], 0.0) + ms
+    top = sorted(((round(ms, 3), k) for k, ms in by_kernel.items()), reverse=True)[:12]
+    attention = sorted(k for k in by_kernel if category(k) == "attention")
+    return ({k: round(v, 3) for k, v in by_cat.items()}, top, attention, busy / (spans[-1][1] - spans[0][0]))
 
 
-def measure(name, context, args, tokens):
-    kind, overrides = VARIANTS[name]
+def build_variant(name, context, args, tokens):
+    """(row, step or None): compiled and warmed up; row['peak_mem_gb'] is this variant's own
+    peak (weights, optimizer state, activations) over warm-up steps, whatever else is alive."""
+    kind, overrides, *micro = VARIANTS[name]
     row = {"variant": name, "kind": kind, "overrides": overrides, "context": context,
            "batch_tokens": args.batch_tokens}
     try:
-        step, row["setting"] = build(kind, overrides, context, args.batch_tokens, tokens)
+        before = torch.cuda.memory_allocated()
+        step, row["setting"] = build(kind, overrides, context, args.batch_tokens, tokens, *micro)
         start = time.perf_counter()
         for _ in range(args.warmup):
             step()
         torch.cuda.synchronize()
         row["warmup_s"] = round(time.perf_counter() - start, 1)
         torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            loss = step()
-        loss.item()  # waits for the GPU
-        elapsed = time.perf_counter() - start
-        row["step_ms"] = 1000 * elapsed / args.steps
-        row["tokens_per_s"] = args.steps * args.batch_tokens / elapsed
-        row["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
-        row["loss"] = loss.item()
-        row["gpu_ms_by_category"], row["top_kernels"], row["attention_kernels"] = profile(step)
-        row["gpu_busy"] = sum(row["gpu_ms_by_category"].values()) / row["step_ms"]
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize()
+        row["peak_mem_gb"] = (torch.cuda.max_memory_allocated() - before) / 2**30
+        return row, step
     except torch.OutOfMemoryError:
         row["error"] = "OOM"
     except Exception as e:  # one failing variant must not lose the others' numbers
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return row, None
+
+
+def measure(names, context, args, tokens):
+    """Rows for the variants at one context: all built first, then timed in `rounds` interleaved
+    windows of `seconds` each (after `settle` seconds of load, so every window runs at the
+    sustained clock), then profiled. tokens/s is the median over the rounds."""
+    built = [build_variant(name, context, args, tokens) for name in names]
+    live = [(row, step) for row, step in built if step is not None]
+    if live:
+        window(live[0][1], args.settle)
+    for _ in range(args.rounds):
+        for row, step in live:
+            with Sampler() as sampler:
+                steps, seconds, leads = window(step, args.seconds)
+            clock, power = sampler.medians()
+            for key, value in (("tokens_per_s_rounds", steps * args.batch_tokens / seconds), ("sm_clock_mhz_rounds", clock),
+                               ("power_w_rounds", power), ("gpu_lead_ms_rounds", float(np.median(leads))),
+                               ("steps_gpu_caught_up_rounds", sum(lead < 1.0 for lead in leads) / len(leads))):
+                row.setdefault(key, []).append(value)
+    for row, step in live:
+        row["tokens_per_s"] = float(np.median(row["tokens_per_s_rounds"]))
+        row["step_ms"] = 1000 * args.batch_tokens / row["tokens_per_s"]
+        row["gpu_lead_ms"] = float(np.median(row["gpu_lead_ms_rounds"]))
+        row["steps_gpu_caught_up"] = max(row["steps_gpu_caught_up_rounds"])
+        clocks = [c for c in row["sm_clock_mhz_rounds"] if c is not None]
+        row["sm_clock_mhz"] = float(np.median(clocks)) if clocks else None
+        row["gpu_ms_by_category"], row["top_kernels"], row["attention_kernels"], row["gpu_busy"] = trace_profile(step, row["step_ms"])
+    rows = [row for row, _ in built]
+    del built, live, step
     gc.collect()
     torch.cuda.empty_cache()
     torch._dynamo.reset()
-    return row
+    return rows
 
 
 def add_mfu(rows):
@@ -213,6 +315,18 @@ def save(out, old_rows, new_rows, meta):
     return rows
 
 
+def ratio(row, base):
+    """(tokens/s ratio of the medians, "(lo-hi)" of the per-round ratios when both rows were
+    timed in the same interleaved rounds, else "")."""
+    if base is None:
+        return float("nan"), ""
+    mine, theirs = row.get("tokens_per_s_rounds"), base.get("tokens_per_s_rounds")
+    paired = (mine and theirs and len(mine) == len(theirs) > 1 and row.get("command") == base.get("command")
+              and row is not base)
+    per_round = [a / b for a, b in zip(mine, theirs)] if paired else []
+    return row["tokens_per_s"] / base["tokens_per_s"], (f"({min(per_round):.2f}-{max(per_round):.2f})" if per_round else "")
+
+
 def markdown(rows, meta):
     lines = [f"# Training speed, GPT-2 small, {meta['device']}", "",
              f"torch {meta['torch']}, Triton {meta['triton']}. Rows are merged from the runs listed at the end; "
@@ -220,24 +334,32 @@ def markdown(rows, meta):
              "Tokens per step " + ", ".join(sorted({str(r['batch_tokens']) for r in rows})) +
              "; MFU = FLOPs per token (our GPT-2, 6N + 12 L H d T) x tokens/s / dense bf16 peak.", ""]
     for ctx in sorted({r["context"] for r in rows}):
-        group = [r for r in rows if r["context"] == ctx]
+        group = [r for r in rows if r["context"] == ctx and "error" not in r]
         def base(variant, row):  # the same run's row if it measured one, else any run's
             same = [r for r in group if r["variant"] == variant and r.get("command") == row.get("command")]
-            return next((r.get("tokens_per_s") for r in same or [r for r in group if r["variant"] == variant]), None)
+            return next(iter(same or [r for r in group if r["variant"] == variant]), None)
         lines += [f"## Context {ctx}", "",
-                  "| variant | tokens/s | vs nanoGPT | vs HF eager | MFU | peak GB | step ms | GPU busy | "
-                  "attention ms | matmul ms | xent ms | optim ms | other ms | attention kernels |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in group:
+                  "| variant | tokens/s (rounds min-max) | vs nanoGPT (rounds) | vs HF eager: sdpa / eager attention | MFU | "
+                  "peak GB | step ms | SM MHz | host lead ms (GPU caught up) | GPU busy | attention ms | matmul ms | xent ms | "
+                  "optim ms | other ms | attention kernels |",
+                  "|" + "---|" * 16]
+        for r in [r for r in rows if r["context"] == ctx]:
             if "error" in r:
-                lines.append(f"| {r['variant']} | {r['error']} |" + " |" * 12)
+                lines.append(f"| {r['variant']} | {r['error']} |" + " |" * 14)
                 continue
             c = r["gpu_ms_by_category"]
-            tps, ref, hf = r["tokens_per_s"], base("nanogpt", r), base("hf-eager", r)
+            rounds = r.get("tokens_per_s_rounds", [r["tokens_per_s"]])
+            hf = " / ".join(f"{ratio(r, base(v, r))[0]:.1f}x" for v in ("hf-eager", "hf-eager-attn", "hf-eager-attn-mb4k")
+                            if base(v, r))
+            ref, spread = ratio(r, base("nanogpt", r))
+            clock = r.get("sm_clock_mhz")
+            lead = (f"{r['gpu_lead_ms']:.0f} ({r['steps_gpu_caught_up']:.0%})"  # rows of 2026-11-23 on
+                    if "steps_gpu_caught_up" in r else "")
             lines.append(
-                f"| {r['variant']} | {tps:,.0f} | {tps / ref if ref else float('nan'):.2f}x | "
-                f"{tps / hf if hf else float('nan'):.1f}x | {r.get('mfu', float('nan')):.1%} | {r['peak_mem_gb']:.1f} | "
-                f"{r['step_ms']:.1f} | {r['gpu_busy']:.0%} | " +
+                f"| {r['variant']} | {r['tokens_per_s']:,.0f} ({min(rounds) / 1e3:.0f}K-{max(rounds) / 1e3:.0f}K) | "
+                f"{ref:.2f}x {spread} | {hf} | {r.get('mfu', float('nan')):.1%} | {r['peak_mem_gb']:.1f} | "
+                f"{r['step_ms']:.1f} | {f'{clock:.0f}' if clock else ''} | {lead} | "
+                f"{r['gpu_busy']:.0%} | " +
                 " | ".join(f"{c.get(k, 0):.1f}" for k in ("attention", "matmul", "cross-entropy", "optimizer", "other")) +
                 f" | {'; '.join(k[:40] for k in r['attention_kernels'][:3])} |")
         lines.append("")
@@ -275,8 +397,10 @@ def main():
     p.add_argument("--contexts", default="1024,4096")
     p.add_argument("--variants", default="nanogpt,hf-eager,flash,sdpa,sdpa-flash,sdpa-cudnn,flash-eager")
     p.add_argument("--batch-tokens", type=int, default=16384)
-    p.add_argument("--warmup", type=int, default=8)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=8, help="steps per variant before any timing (compilation, autotuning)")
+    p.add_argument("--settle", type=float, default=5.0, help="seconds of load before the first window")
+    p.add_argument("--seconds", type=float, default=6.0, help="length of one timed window")
+    p.add_argument("--rounds", type=int, default=3, help="timed windows per variant, interleaved")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--redraw", action="store_true", help="only redraw the Markdown and PNG from OUT's JSON")
     args = p.parse_args()
@@ -296,11 +420,10 @@ def main():
             "command": "python benchmarks/train_speed.py " + " ".join(sys.argv[1:])}
     new = []
     for context in map(int, args.contexts.split(",")):
-        for name in args.variants.split(","):
-            row = {**measure(name, context, args, tokens), "command": meta["command"], "date": meta["date"]}
-            new.append(row)
+        for row in measure(args.variants.split(","), context, args, tokens):
+            new.append({**row, "command": meta["command"], "date": meta["date"]})
             print(json.dumps({k: v for k, v in row.items() if k not in ("top_kernels", "overrides")}), flush=True)
-            rows = save(args.out, old["rows"], new, meta)  # after each row: a time-out loses nothing
+        rows = save(args.out, old["rows"], new, meta)  # after each context: a time-out loses nothing
     (args.out / "train_speed.md").write_text(markdown(rows, meta))
     plot(rows, args.out / "train_speed.png")
     print(markdown(rows, meta))
