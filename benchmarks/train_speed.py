@@ -5,22 +5,22 @@ GPT2LMHeadModel (eager, SDPA attention), GPT-2 small, the same tokens per step.
 
     python benchmarks/train_speed.py --contexts 1024,4096 --out benchmarks/results/h100/train-speed
 
-All variants of a context are built and warmed up first (compilation, autotuning), then timed
-in interleaved rounds (A B C A B C ...), each a window of --seconds of steps, after --settle
-seconds of load: an H100 reaches its power cap within a second of full load and lowers its
-clock, so windows taken at once after a cold start, or one variant long after another, are not
-comparable. tokens/s = steps x tokens per step / GPU time of the window (CUDA events), the
-median over the rounds (min and max beside it); the window's median SM clock and power are
-recorded, and the host's median lead over the GPU at a step's end, with the share of steps at
-whose end the GPU had caught up with the host (lead under 1 ms: launch-bound there). Peak
-memory is a variant's own torch.cuda.max_memory_allocated over two steps (weights, optimizer
-state and activations). MFU uses one formula for every variant: the FLOPs per token of our
-GPT-2 at that context (6 N + 12 L H d T, N the parameters without the position table or the
-vocabulary padding; the attention term counts the full T x T scores, as PaLM and nanoGPT do)
-over the GPU's dense bf16 peak (model/gpt.py). After timing, three more steps run under
-torch.profiler (CUDA activity only): GPU time per step by kernel category, GPU busy (the union
-of kernel intervals over their span), and the attention kernels actually launched (which one
-SDPA picked).
+The compiled variants of a context are built and warmed up first (compilation, autotuning),
+then timed in interleaved rounds (A B C A B C ...), each a window of --seconds of steps, after
+--settle seconds of load: an H100 reaches its power cap within a second of full load and lowers
+its clock, so windows taken at once after a cold start, or one variant long after another, are
+not comparable. transformers' eager models (23-39 GB each) are timed after them, one at a time.
+tokens/s = steps x tokens per step / GPU time of the window (CUDA events), the median over the
+rounds (min and max beside it); the window's median SM clock and power are recorded, and the
+host's median lead over the GPU at a step's end, with the share of steps at whose end the GPU
+had caught up with the host (lead under 1 ms: launch-bound there). Peak memory is a variant's
+own torch.cuda.max_memory_allocated over two steps (weights, optimizer state and activations).
+MFU uses one formula for every variant: the FLOPs per token of our GPT-2 at that context (6 N +
+12 L H d T, N the parameters without the position table or the vocabulary padding; the
+attention term counts the full T x T scores, as PaLM and nanoGPT do) over the GPU's dense bf16
+peak (model/gpt.py). After timing, three more steps run under torch.profiler (CUDA activity
+only): GPU time per step by kernel category, GPU busy (those steps' kernel time over the
+windows' step time), and the attention kernels actually launched (which one SDPA picked).
 Rows are merged into OUT/train_speed.json (a rerun replaces its rows), then
 OUT/train_speed.md and OUT/train_speed.png are redrawn from all rows.
 """
@@ -203,35 +203,31 @@ def window(step, seconds):
 
 
 def trace_profile(step, step_ms, steps=3):
-    """GPU ms per step by kernel category, the top kernels, the attention kernels, and GPU busy
-    (the union of kernel intervals over their span). CUDA activity only, and recorded after
-    three untraced steps with no synchronisation between, so the host is as far ahead as it is
-    in training and the span holds no start-up wait. The GPU runs behind the host, so the trace
-    holds about span / step_ms steps' kernels, not `steps`: times are per span / step_ms."""
-    import tempfile
-    from torch.profiler import ProfilerActivity, profile as torch_profile, schedule
-    with torch_profile(activities=[ProfilerActivity.CUDA], schedule=schedule(wait=1, warmup=2, active=steps)) as prof:
-        for _ in range(3 + steps):
+    """GPU ms per step by kernel category, the top kernels, the attention kernels, and GPU busy:
+    the kernels' time per step over the timed windows' step time (both at the sustained clock).
+    The traced steps start and end with a synchronisation, so the trace holds exactly their
+    kernels; the profiler slows the host, but not the kernels, so their durations stand while
+    the gaps between them in the trace would not (they are not used)."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
             step()
-            prof.step()
         torch.cuda.synchronize()
-    with tempfile.TemporaryDirectory() as tmp:
-        prof.export_chrome_trace(f"{tmp}/trace.json")
-        events = json.loads(Path(f"{tmp}/trace.json").read_text())["traceEvents"]
-    spans = sorted((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
-                   if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"))
-    traced_steps = (spans[-1][1] - spans[0][0]) / 1000 / step_ms
-    by_cat, by_kernel, busy, end = {}, {}, 0.0, spans[0][0]
-    for s, e, name in spans:
-        busy, end = busy + max(0.0, e - max(s, end)), max(end, e)
-        if name.startswith(("Memcpy", "Memset")):
+    by_cat, by_kernel, busy = {}, {}, 0.0
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if us <= 0 or e.key.startswith(("ProfilerStep", "cudaDevice")):
             continue
-        ms = (e - s) / 1000 / traced_steps
-        by_cat[category(name)] = by_cat.get(category(name), 0.0) + ms
-        by_kernel[name[:90]] = by_kernel.get(name[:90], 0.0) + ms
+        ms = us / 1000 / steps
+        busy += ms
+        if "Memcpy" in e.key or "Memset" in e.key:
+            continue
+        by_cat[category(e.key)] = by_cat.get(category(e.key), 0.0) + ms
+        by_kernel[e.key[:90]] = by_kernel.get(e.key[:90], 0.0) + ms
     top = sorted(((round(ms, 3), k) for k, ms in by_kernel.items()), reverse=True)[:12]
     attention = sorted(k for k in by_kernel if category(k) == "attention")
-    return ({k: round(v, 3) for k, v in by_cat.items()}, top, attention, busy / (spans[-1][1] - spans[0][0]))
+    return {k: round(v, 3) for k, v in by_cat.items()}, top, attention, busy / step_ms
 
 
 def build_variant(name, context, args, tokens):
@@ -261,18 +257,29 @@ def build_variant(name, context, args, tokens):
     return row, None
 
 
-def measure(names, context, args, tokens):
-    """Rows for the variants at one context: all built first, then timed in `rounds` interleaved
-    windows of `seconds` each (after `settle` seconds of load, so every window runs at the
-    sustained clock), then profiled. tokens/s is the median over the rounds."""
-    built = [build_variant(name, context, args, tokens) for name in names]
-    live = [(row, step) for row, step in built if step is not None]
+def groups(names):
+    """The variants timed together in interleaved rounds (the compiled ones, ~8 GB each), then
+    each of the others alone (transformers' eager models, 23-39 GB, which would not fit beside
+    them in 80 GB and whose ratios are 3-11x, far outside clock drift)."""
+    together = [n for n in names if VARIANTS[n][0] != "hf"]
+    return [together] * bool(together) + [[n] for n in names if VARIANTS[n][0] == "hf"]
+
+
+def time_rounds(live, args):
+    """Timed windows of every live (row, step) in `rounds` interleaved rounds, after `settle`
+    seconds of load so that every window runs at the sustained clock; a variant that fails
+    (out of memory) gets an error and leaves the rounds."""
     if live:
         window(live[0][1], args.settle)
     for _ in range(args.rounds):
-        for row, step in live:
-            with Sampler() as sampler:
-                steps, seconds, leads = window(step, args.seconds)
+        for row, step in list(live):
+            try:
+                with Sampler() as sampler:
+                    steps, seconds, leads = window(step, args.seconds)
+            except torch.OutOfMemoryError:
+                row["error"] = "OOM"
+                live.remove((row, step))
+                continue
             clock, power = sampler.medians()
             for key, value in (("tokens_per_s_rounds", steps * args.batch_tokens / seconds), ("sm_clock_mhz_rounds", clock),
                                ("power_w_rounds", power), ("gpu_lead_ms_rounds", float(np.median(leads))),
@@ -286,11 +293,20 @@ def measure(names, context, args, tokens):
         clocks = [c for c in row["sm_clock_mhz_rounds"] if c is not None]
         row["sm_clock_mhz"] = float(np.median(clocks)) if clocks else None
         row["gpu_ms_by_category"], row["top_kernels"], row["attention_kernels"], row["gpu_busy"] = trace_profile(step, row["step_ms"])
-    rows = [row for row, _ in built]
-    del built, live, step
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch._dynamo.reset()
+
+
+def measure(names, context, args, tokens):
+    """Rows for the variants at one context, group by group (groups()): a group's variants are
+    all built first, then timed together (time_rounds); tokens/s is the median over the rounds."""
+    rows = []
+    for group in groups(names):
+        built = [build_variant(name, context, args, tokens) for name in group]
+        time_rounds([(row, step) for row, step in built if step is not None], args)
+        rows += [row for row, _ in built]
+        del built
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch._dynamo.reset()
     return rows
 
 
@@ -395,7 +411,8 @@ def plot(rows, path):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--contexts", default="1024,4096")
-    p.add_argument("--variants", default="nanogpt,hf-eager,flash,sdpa,sdpa-flash,sdpa-cudnn,flash-eager")
+    p.add_argument("--variants", default="flash,nanogpt,nanogpt-sdpa-flash,sdpa,sdpa-flash,flash-eager,hf-eager,"
+                                         "hf-eager-attn-mb4k")
     p.add_argument("--batch-tokens", type=int, default=16384)
     p.add_argument("--warmup", type=int, default=8, help="steps per variant before any timing (compilation, autotuning)")
     p.add_argument("--settle", type=float, default=5.0, help="seconds of load before the first window")

@@ -53,3 +53,9 @@ def test_markdown_and_plot(tmp_path):
     assert "| hf-eager-attn | OOM |" in text
     train_speed.plot(rows, tmp_path / "speed.png")
     assert (tmp_path / "speed.png").stat().st_size > 5_000
+
+
+def test_compiled_variants_are_timed_together_and_hf_alone():
+    names = ["flash", "hf-eager", "nanogpt", "hf-eager-attn-mb4k", "flash-eager"]
+    assert train_speed.groups(names) == [["flash", "nanogpt", "flash-eager"], ["hf-eager"], ["hf-eager-attn-mb4k"]]
+    assert train_speed.groups(["hf-eager"]) == [["hf-eager"]]
