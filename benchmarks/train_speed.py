@@ -1,7 +1,7 @@
 """End-to-end training speed, side by side in one process on one GPU: our trainer's step
 (train.py's build_model / compiled / TrainBatches / train_step) in several settings, against a
 minimal nanoGPT-style reference (benchmarks/nanogpt_ref.py, compiled) and transformers'
-GPT2LMHeadModel (eager, SDPA attention), GPT-2 small, the same tokens per step.
+GPT2LMHeadModel (eager; SDPA or its own attention), GPT-2 small, the same tokens per step.
 
     python benchmarks/train_speed.py --contexts 1024,4096 --out benchmarks/results/h100/train-speed
 
@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.nanogpt_ref import NanoGPT  # noqa: E402
 from model import peak_flops  # noqa: E402
 
-# name -> (kind, train.py overrides[, micro-batch tokens of a reference]). "flash" is train.py's recommended (default) setting.
+# name -> (kind, train.py overrides[, micro-batch tokens of a reference model]).
+# "flash" is train.py's recommended (default) setting.
 VARIANTS = {
     "nanogpt": ("nanogpt", []),  # SDPA chooses its kernel (cuDNN on Hopper under torch 2.11)
     "nanogpt-sdpa-flash": ("nanogpt", ["flash"]),  # SDPA pinned to its FlashAttention-2 kernel
