@@ -203,7 +203,7 @@ def window(step, seconds):
     return len(marks), start.elapsed_time(marks[-1][1]) / 1000, leads
 
 
-def trace_profile(step, step_ms, steps=3):
+def kernel_profile(step, step_ms, steps=3):
     """GPU ms per step by kernel category, the top kernels, the attention kernels, and GPU busy:
     the kernels' time per step over the timed windows' step time (both at the sustained clock).
     The traced steps start and end with a synchronisation, so the trace holds exactly their
@@ -293,7 +293,7 @@ def time_rounds(live, args):
         row["steps_gpu_caught_up"] = max(row["steps_gpu_caught_up_rounds"])
         clocks = [c for c in row["sm_clock_mhz_rounds"] if c is not None]
         row["sm_clock_mhz"] = float(np.median(clocks)) if clocks else None
-        row["gpu_ms_by_category"], row["top_kernels"], row["attention_kernels"], row["gpu_busy"] = trace_profile(step, row["step_ms"])
+        row["gpu_ms_by_category"], row["top_kernels"], row["attention_kernels"], row["gpu_busy"] = kernel_profile(step, row["step_ms"])
 
 
 def measure(names, context, args, tokens):
@@ -426,6 +426,8 @@ def main():
         stored = json.loads((args.out / "train_speed.json").read_text())
         (args.out / "train_speed.md").write_text(markdown(stored["rows"], stored["meta"]))
         return plot(stored["rows"], args.out / "train_speed.png")
+    if not torch.cuda.is_available():
+        p.error("measures training on a CUDA GPU and none is visible (--redraw works without one)")
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variants {unknown}; available: {', '.join(VARIANTS)}")

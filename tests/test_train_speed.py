@@ -1,9 +1,14 @@
 """benchmarks/train_speed.py without a GPU: every variant's overrides compose, kernels fall in the
 right category, and the tables draw from rows (here synthetic) with paired per-round ratios."""
 
+import subprocess
+import sys
+
 import pytest
+import torch
 
 from benchmarks import train_speed
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize("name", [n for n, (kind, *_) in train_speed.VARIANTS.items() if kind == "ours"])
@@ -59,3 +64,10 @@ def test_compiled_variants_are_timed_together_and_hf_alone():
     names = ["flash", "hf-eager", "nanogpt", "hf-eager-attn-mb4k", "flash-eager"]
     assert train_speed.groups(names) == [["flash", "nanogpt", "flash-eager"], ["hf-eager"], ["hf-eager-attn-mb4k"]]
     assert train_speed.groups(["hf-eager"]) == [["hf-eager"]]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only message")
+def test_without_a_gpu_one_clear_error(tmp_path):
+    r = subprocess.run([sys.executable, "benchmarks/train_speed.py", "--out", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "measures training on a CUDA GPU" in r.stderr and "Traceback" not in r.stderr
