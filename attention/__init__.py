@@ -7,6 +7,11 @@ bottom-right (query i sees key j <= i + N_k - N_q) in every backend.
 
     from attention import get_attention
     attn = get_attention("sdpa", kernel="flash")
+
+With packed=True the function takes qkv (batch, N, 3, heads, head_dim) instead, the fused
+projection's output viewed so. Backends with a packed entry point (PACKED) return the gradient
+in that one tensor; the others unbind it, and autograd stacks their three gradients back (a
+copy of dQKV per layer).
 """
 
 import functools
@@ -21,10 +26,19 @@ BACKENDS = {
 }
 
 
-def get_attention(name, **options):
-    """The attention function called `name`, with backend options (e.g. sdpa's kernel) bound."""
+PACKED = {"flash": ("attention.flash", "flash_attention_qkvpacked")}
+
+
+def get_attention(name, packed=False, **options):
+    """The attention function called `name`, with backend options (e.g. sdpa's kernel) bound;
+    packed: the one taking qkv packed (see above)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; available: {', '.join(BACKENDS)}")
-    module, fn = BACKENDS[name]
+    module, fn = PACKED[name] if packed and name in PACKED else BACKENDS[name]
     fn = getattr(importlib.import_module(module), fn)
-    return functools.partial(fn, **options) if options else fn
+    fn = functools.partial(fn, **options) if options else fn
+    return functools.partial(_unpacking, fn) if packed and name not in PACKED else fn
+
+
+def _unpacking(fn, qkv, **kwargs):
+    return fn(*qkv.unbind(2), **kwargs)

@@ -632,20 +632,19 @@ def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, wrap=None):
     return o, lse
 
 
-def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, wrap=None):
+def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, wrap=None, out=None):
+    """(dQ, dK, dV), written into `out` (three views, e.g. of one packed gradient) if given."""
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
     do = do if do.stride(-1) == 1 else do.contiguous()
     dlse = None if dlse is None else dlse.contiguous()  # autograd may hand an expanded tensor
-    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
-    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    dq, dk, dv = out or (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
     delta = torch.empty_like(lse)
     args = (q, k, v, do)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
     scalars = (H, bucket(B * H), bucket(N_q), bucket(N_k), N_q, N_k, scale * LOG2E, scale, dropout_p)
     common = dict(CAUSAL=causal, DROPOUT=dropout_p > 0)
-    signature = _signature(wrap, q, k, v, do, seed, *(() if dlse is None else (dlse,)))
+    signature = _signature(wrap, q, k, v, do, seed, *(() if dlse is None else (dlse,)), *(out or ()))
     # dQ first: its prologue writes D, which the dK/dV kernel reads.
     _launch("dq", D, N_q, "B_r", B * H,
             (*args, dq, lse, delta, seed, o, lse if dlse is None else dlse,  # a real pointer even when unused
@@ -705,6 +704,80 @@ class _Flash2(torch.autograd.Function):
         return _grads(ctx, do, dlse, _flash2_bwd)
 
 
+# Packed QKV, (B, N, 3, H, d) as the fused projection yields it (flash-attn's qkvpacked): the
+# forward reads Q, K, V as strided views, and the backward writes dQ, dK, dV into one packed
+# gradient. With three separate gradients, autograd stacks them back into the projection's
+# layout: a copy of the whole dQKV per layer (0.6 ms of a 34 ms GPT-2 small step at 16K tokens
+# on the H100; benchmarks/results/h100/notes.md). These two are opaque custom ops, launched
+# through our own path at run time: as triton_ops, whose bodies Inductor traces, the views
+# taken inside them ended in illegal memory accesses under torch 2.11's Inductor.
+def _flash2_packed_fwd(qkv, seed, causal, dropout_p, scale):
+    qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()  # whatever layout a compiler hands over
+    return _flash2_fwd(*qkv.unbind(2), seed, causal, dropout_p, scale)
+
+
+def _flash2_packed_bwd(do, qkv, o, lse, dlse, seed, causal, dropout_p, scale):
+    qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
+    dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
+    _flash2_bwd(do, *qkv.unbind(2), o, lse, dlse, seed, causal, dropout_p, scale, out=dqkv.unbind(2))
+    return dqkv
+
+
+@torch.library.custom_op("gpt2flash::flash2_packed_fwd", mutates_args=())
+def flash2_packed_fwd(qkv: torch.Tensor, seed: torch.Tensor, causal: bool, dropout_p: float,
+                      scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _flash2_packed_fwd(qkv, seed, causal, dropout_p, scale)
+
+
+@flash2_packed_fwd.register_fake
+def _(qkv, seed, causal, dropout_p, scale):
+    B, N, _, H, D = qkv.shape
+    return qkv.new_empty(B, N, H, D), qkv.new_empty(B, H, N, dtype=torch.float32)
+
+
+@torch.library.custom_op("gpt2flash::flash2_packed_bwd", mutates_args=())
+def flash2_packed_bwd(do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+                      dlse: torch.Tensor | None, seed: torch.Tensor, causal: bool, dropout_p: float,
+                      scale: float) -> torch.Tensor:
+    return _flash2_packed_bwd(do, qkv, o, lse, dlse, seed, causal, dropout_p, scale)
+
+
+@flash2_packed_bwd.register_fake
+def _(do, qkv, o, lse, dlse, seed, causal, dropout_p, scale):
+    return torch.empty_like(qkv, memory_format=torch.contiguous_format)
+
+
+def _packed_setup_context(ctx, inputs, output):
+    qkv, seed, causal, dropout_p, scale = inputs
+    o, lse = output
+    ctx.save_for_backward(qkv, o, lse, seed)
+    ctx.causal, ctx.dropout_p, ctx.scale = causal, dropout_p, scale
+
+
+def _packed_grads(ctx, do, dlse, bwd):
+    """Gradients for (qkv, seed, causal, dropout_p, scale) through `bwd` (op or function)."""
+    qkv, o, lse, seed = ctx.saved_tensors
+    do = torch.zeros_like(o) if do is None else do
+    return bwd(do, qkv, o, lse, dlse, seed, ctx.causal, ctx.dropout_p, ctx.scale), None, None, None, None
+
+
+flash2_packed_fwd.register_autograd(lambda ctx, do, dlse: _packed_grads(ctx, do, dlse, flash2_packed_bwd),
+                                    setup_context=_packed_setup_context)
+
+
+class _Flash2Packed(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv, seed, causal, dropout_p, scale):
+        ctx.set_materialize_grads(False)
+        o, lse = _flash2_packed_fwd(qkv, seed, causal, dropout_p, scale)
+        _packed_setup_context(ctx, (qkv, seed, causal, dropout_p, scale), (o, lse))
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, dlse):
+        return _packed_grads(ctx, do, dlse, _flash2_packed_bwd)
+
+
 _ZERO_SEEDS = {}
 
 
@@ -734,4 +807,16 @@ def flash_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, return_lse
     q, k, v, scale, seed = prepare_inputs(q, k, v, scale, seed, dropout_p, "flash", SUPPORTED_HEAD_DIMS)
     op = flash2_fwd if torch.compiler.is_compiling() else _Flash2.apply
     o, lse = op(q, k, v, seed, bool(causal), float(dropout_p), scale)
+    return (o, lse) if return_lse else o
+
+
+def flash_attention_qkvpacked(qkv, causal=False, dropout_p=0.0, scale=None, return_lse=False, seed=None):
+    """flash_attention on packed inputs: qkv (B, N, 3, H, d), the fused QKV projection's output
+    viewed so, whose gradient comes back packed the same way (no stacking copy)."""
+    if qkv.dim() != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"flash: packed qkv must be (batch, seq, 3, heads, head_dim); got {tuple(qkv.shape)}")
+    qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
+    *_, scale, seed = prepare_inputs(*qkv.unbind(2), scale, seed, dropout_p, "flash", SUPPORTED_HEAD_DIMS)
+    op = flash2_packed_fwd if torch.compiler.is_compiling() else _Flash2Packed.apply
+    o, lse = op(qkv, seed, bool(causal), float(dropout_p), scale)
     return (o, lse) if return_lse else o

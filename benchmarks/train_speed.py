@@ -62,6 +62,7 @@ VARIANTS = {
     "flash-plain": ("ours", ["attention=flash", "model.cross_entropy=plain"]),
     "flash-liger": ("ours", ["attention=flash", "model.cross_entropy=liger"]),
     "flash-noclip": ("ours", ["attention=flash", "train.grad_clip=0"]),
+    "flash-unpacked": ("ours", ["attention=flash", "model.qkv_packed=false"]),  # q, k, v apart (before 2026-11-23)
     "flash-max-autotune": ("ours", ["attention=flash", "train.compile_mode=max-autotune-no-cudagraphs"]),
     "flash-cudagraphs": ("ours", ["attention=flash", "train.compile_mode=reduce-overhead"]),
     "flash-chunk8k": ("ours", ["attention=flash", "model.xent_chunk=8192"]),

@@ -31,6 +31,8 @@ class GPTConfig:
     dropout: float = 0.0         # embedding and residual dropout
     attn_dropout: float = 0.0    # dropout on the attention probabilities (inside the kernel)
     bias: bool = True
+    qkv_packed: bool = True      # attention takes the projection's (B, T, 3, H, d) output whole, so that
+                                 # dQKV comes back in one tensor (attention/__init__.py); False: q, k, v apart
     attention: str = "sdpa"
     attention_options: dict = field(default_factory=dict)
 
@@ -49,13 +51,20 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.attn_dropout = cfg.attn_dropout
         self.attn = get_attention(cfg.attention, **cfg.attention_options)
+        self.attn_packed = get_attention(cfg.attention, packed=True, **cfg.attention_options)
+        self.qkv_packed = cfg.qkv_packed
 
     def forward(self, x, cache=None, layer=0):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
-        if cache is not None:  # the new queries attend to every cached key (bottom-right causal)
-            k, v = cache.append(layer, k, v)
-        y = self.attn(q, k, v, causal=True, dropout_p=self.attn_dropout if self.training else 0.0)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim)
+        dropout_p = self.attn_dropout if self.training else 0.0
+        if cache is None and self.qkv_packed:  # the backward returns dQKV in this layout: no stacking copy
+            y = self.attn_packed(qkv, causal=True, dropout_p=dropout_p)
+        else:
+            q, k, v = qkv.unbind(2)
+            if cache is not None:  # the new queries attend to every cached key (bottom-right causal)
+                k, v = cache.append(layer, k, v)
+            y = self.attn(q, k, v, causal=True, dropout_p=dropout_p)
         return self.resid_dropout(self.c_proj(y.reshape(B, T, C)))
 
 

@@ -40,3 +40,9 @@ def test_sdpa_kernel_option():
     torch.testing.assert_close(o, get_attention("naive")(q, q, q, causal=True), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="unknown kernel 'fast'; available: flash, cudnn, efficient, math"):
         get_attention("sdpa", kernel="fast")(q, q, q)
+
+
+def test_packed_call_of_a_backend_without_a_packed_kernel_unbinds():
+    qkv = torch.randn(2, 9, 3, 2, 16, dtype=torch.float64)
+    o = get_attention("sdpa", packed=True, kernel="math")(qkv, causal=True)
+    torch.testing.assert_close(o, get_attention("naive")(*qkv.unbind(2), causal=True), rtol=1e-9, atol=1e-9)

@@ -132,6 +132,23 @@ def test_rows_that_see_no_key_are_zero():
     assert torch.isfinite(lse[..., 5:]).all()
 
 
+@pytest.mark.parametrize("dropout_p", [0.0, 0.17])
+def test_packed_qkv_equals_separate_and_returns_one_gradient(dropout_p):
+    """The packed entry point runs the same kernels on strided views: the same output, and its
+    gradient holds exactly the three separate gradients, in the packed layout."""
+    qkv = torch.randn(2, 40, 3, 2, 16, device=DEVICE, dtype=torch.float16, requires_grad=True)
+    do = torch.randn(2, 40, 2, 16, device=DEVICE, dtype=torch.float16)
+    seed = torch.tensor([7], device=DEVICE)
+    packed = get_attention("flash", packed=True)(qkv, causal=True, dropout_p=dropout_p, seed=seed)
+    (dqkv,) = torch.autograd.grad(packed, qkv, do)
+    q, k, v = (t.detach().requires_grad_() for t in qkv.unbind(2))
+    separate = get_attention("flash")(q, k, v, causal=True, dropout_p=dropout_p, seed=seed)
+    torch.testing.assert_close(packed, separate, rtol=0, atol=0)
+    torch.testing.assert_close(dqkv, torch.stack(torch.autograd.grad(separate, (q, k, v), do), dim=2), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"packed qkv must be \(batch, seq, 3, heads, head_dim\)"):
+        get_attention("flash", packed=True)(qkv[:, :, :2])
+
+
 @pytest.mark.parametrize("backend", ["flash", "flash1"])
 def test_bad_inputs_raise_one_clear_error(backend):
     fn = get_attention(backend)
@@ -159,6 +176,30 @@ def test_torch_compile_traces_through_without_graph_break():
     g_ref = torch.autograd.grad(o_ref.float().sum(), (q, k, v))
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_packed_ops_trace_whole_under_aot_autograd():
+    """Their fake (shape) functions and autograd formula, as torch.compile traces them, on any
+    device (aot_eager: the traced graph run eagerly); no graph break (fullgraph)."""
+    from attention.flash import flash_attention_qkvpacked
+    qkv = torch.randn(2, 40, 3, 2, 16, device=DEVICE, dtype=torch.float16, requires_grad=True)
+    fn = lambda qkv: flash_attention_qkvpacked(qkv, causal=True)  # noqa: E731
+    o, o_ref = torch.compile(fn, fullgraph=True, backend="aot_eager")(qkv), fn(qkv)
+    torch.testing.assert_close(o, o_ref, rtol=0, atol=0)
+    (g,), (g_ref,) = torch.autograd.grad(o.float().sum(), qkv), torch.autograd.grad(o_ref.float().sum(), qkv)
+    torch.testing.assert_close(g, g_ref, rtol=0, atol=0)
+
+
+@gpu_only
+def test_torch_compile_traces_packed_qkv_and_its_gradient():
+    from attention.flash import flash_attention_qkvpacked
+    qkv = torch.randn(2, 300, 3, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    fn = lambda qkv: flash_attention_qkvpacked(qkv, causal=True)  # noqa: E731
+    compiled = torch.compile(fn, fullgraph=True)
+    o, o_ref = compiled(qkv), fn(qkv)
+    torch.testing.assert_close(o, o_ref, rtol=2e-2, atol=2e-2)
+    (g,), (g_ref,) = torch.autograd.grad(o.float().sum(), qkv), torch.autograd.grad(o_ref.float().sum(), qkv)
+    torch.testing.assert_close(g, g_ref, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("causal", [False, True])
