@@ -50,12 +50,15 @@ def test_ratio_pairs_rounds_of_one_run_only():
 def test_markdown_and_plot(tmp_path):
     pytest.importorskip("matplotlib")
     oom = {"variant": "hf-eager-attn", "context": 1024, "batch_tokens": 16384, "error": "OOM", "command": "run-hf"}
-    rows = [row("nanogpt", [100e3, 102e3, 98e3]), row("flash", [105e3, 104e3, 106e3]),
-            row("hf-eager", [30e3], command="run-hf"), oom]
+    rows = [row("nanogpt", [100e3, 102e3, 98e3]), row("nanogpt-sdpa-flash", [95e3, 96e3, 94e3]),
+            row("flash", [105e3, 104e3, 106e3]), row("hf-eager", [30e3], command="run-hf"), oom,
+            {**row("flash-cudagraphs", [106e3] * 3), "peak_mem_gb": None}]  # no peak under CUDA graphs
     text = train_speed.markdown(rows, {"device": "GPU", "torch": "2", "triton": "3"})
     line = next(x for x in text.splitlines() if x.startswith("| flash |"))
-    assert "1.05x (1.02-1.08)" in line and "3.5x" in line and "1800" in line
+    assert "| 1.05x (1.02-1.08) | 1.11x (1.08-1.13) |" in line and "3.5x" in line and "1800" in line
     assert "| hf-eager-attn | OOM |" in text
+    table = [x for x in text.splitlines() if x.startswith("|")]
+    assert len({x.count("|") for x in table}) == 1  # every row has the header's columns
     train_speed.plot(rows, tmp_path / "speed.png")
     assert (tmp_path / "speed.png").stat().st_size > 5_000
 
