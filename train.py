@@ -27,7 +27,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch.distributed.tensor import DTensor
 
-from attention import BACKENDS
+from attention import BACKENDS, PACKED
 from data.batches import TrainBatches, check_length, eval_batches, tokens
 from data.prepare import prepare
 from model import GPT, GPTConfig, peak_flops
@@ -252,8 +252,9 @@ def run(cfg, d, preemption):
     loss_path = (f"cross-entropy {mc.cross_entropy}{' (fused on CUDA)' if mc.cross_entropy == 'auto' else ''}, "
                  f"vocabulary padded to {mc.padded_vocab}") if isinstance(model, GPT) else "fp32 cross-entropy"
     ranks = f"{d.world} ranks ({d.parallel}) x " if d.world > 1 else ""
+    packed = " on packed QKV" if isinstance(model, GPT) and mc.qkv_packed and cfg.attention.name in PACKED else ""
     say(f"{model.num_params():,} parameters ({type(model).__name__.removeprefix('FSDP')}) | "
-        f"{cfg.attention.name} attention | context {cfg.context} | {ranks}{micro_batch} x {cfg.context} tokens x "
+        f"{cfg.attention.name} attention{packed} | context {cfg.context} | {ranks}{micro_batch} x {cfg.context} tokens x "
         f"{accum} micro-batches per step | {how} | {loss_path} | {t.dtype} | "
         f"{'prefetched' if t.prefetch else 'synchronous'} batches | run dir {out_dir}")
 
