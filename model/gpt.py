@@ -51,14 +51,13 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.attn_dropout = cfg.attn_dropout
         self.attn = get_attention(cfg.attention, **cfg.attention_options)
-        self.attn_packed = get_attention(cfg.attention, packed=True, **cfg.attention_options)
-        self.qkv_packed = cfg.qkv_packed
+        self.attn_packed = get_attention(cfg.attention, packed=True, **cfg.attention_options) if cfg.qkv_packed else None
 
     def forward(self, x, cache=None, layer=0):
         B, T, C = x.shape
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim)
         dropout_p = self.attn_dropout if self.training else 0.0
-        if cache is None and self.qkv_packed:  # the backward returns dQKV in this layout: no stacking copy
+        if cache is None and self.attn_packed is not None:  # the backward returns dQKV in this layout: no stacking copy
             y = self.attn_packed(qkv, causal=True, dropout_p=dropout_p)
         else:
             q, k, v = qkv.unbind(2)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig, peak_flops
+from tests.conftest import GPU, triton_device
 
 
 def test_gpt2_small_parameter_count():
@@ -64,3 +65,21 @@ def test_vocabulary_padding_changes_nothing_learned():
     for (name, p), q in zip(plain.named_parameters(), padded.parameters()):
         assert torch.equal(p.grad, q.grad[:p.shape[0]]), name
     assert not padded.lm_head.weight.grad[50257:].any()
+
+
+@triton_device
+def test_packed_qkv_changes_nothing_learned():
+    """model.qkv_packed: our kernel on the projection's output whole, or on q, k, v apart: the
+    same loss and the same gradients, bit for bit."""
+    device = "cuda" if GPU else "cpu"
+    cfg = dict(n_layer=2, n_head=2, n_embd=32, context=16, vocab_size=100, attention="flash", cross_entropy="upcast")
+    models = [GPT(GPTConfig(qkv_packed=packed, **cfg)).to(device, torch.float16) for packed in (True, False)]
+    models[1].load_state_dict(models[0].state_dict())
+    idx = torch.randint(0, 100, (2, 17), device=device)
+    losses = [m(idx[:, :-1], idx[:, 1:]) for m in models]
+    assert torch.equal(*losses)
+    for loss in losses:
+        loss.backward()
+    assert [m.transformer.h[0].attn.attn_packed is not None for m in models] == [True, False]
+    for (name, p), q in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.equal(p.grad, q.grad), name
