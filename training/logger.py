@@ -19,8 +19,12 @@ class Logger:
         self.enabled, self.run_id = enabled, run_id
         if not enabled:
             return
-        import wandb
+        self.file = open(out_dir / "metrics.jsonl", "a")
+        self.rates, self.wandb = [], None
         mode = cfg.wandb.mode
+        if mode == "disabled":  # metrics.jsonl only; wandb is not even imported
+            return
+        import wandb
         if mode == "auto":
             mode = os.environ.get("WANDB_MODE") or ("online" if wandb.api.api_key else "offline")
         self.wandb = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
@@ -33,14 +37,13 @@ class Logger:
             self.wandb.define_metric(key, step_metric="tokens_seen")
         self.wandb.define_metric("val/ppl", step_metric="tokens_seen", summary="min")
         self.wandb.define_metric("peak_mem_gb", step_metric="tokens_seen", summary="max")
-        self.file = open(out_dir / "metrics.jsonl", "a")
-        self.rates = []
         self.run_id = self.wandb.id
 
     def log(self, metrics, step):
         if not self.enabled:
             return
-        self.wandb.log(metrics, step=step)
+        if self.wandb:
+            self.wandb.log(metrics, step=step)
         self.file.write(json.dumps({"step": step, **metrics}) + "\n")
         self.file.flush()
         if "tokens_per_s" in metrics:
@@ -49,7 +52,8 @@ class Logger:
     def close(self):
         if not self.enabled:
             return
-        if len(self.rates) > 1:  # the first interval holds compilation and autotuning
-            self.wandb.summary["tokens_per_s_median"] = statistics.median(self.rates[1:])
         self.file.close()
-        self.wandb.finish()
+        if self.wandb:
+            if len(self.rates) > 1:  # the first interval holds compilation and autotuning
+                self.wandb.summary["tokens_per_s_median"] = statistics.median(self.rates[1:])
+            self.wandb.finish()

@@ -1,0 +1,156 @@
+"""Table 4 (longer context, better model): score trained runs on the same validation targets,
+and collect the scores into summary.json.
+
+Every model predicts the same targets, tokens 1 .. n x SPAN of the validation split (n whole
+spans of the longest context; the paper's non-overlapping windows tile them exactly at 1K,
+2K and 4K). Beside the mean loss: the loss by position bucket in the window, a model longer
+than 1024 scored again with its context cut to 1024 windows (same weights: separates "uses
+the far context" from "trained better"), and a 1024 model scored with a sliding window (each
+target, after the first window, sees at least 512 tokens of context).
+
+    python -m benchmarks.table4 score runs/table4/* --out OUT          # a GPU; one JSON a run
+    python -m benchmarks.table4 summary OUT/*.json --out benchmarks/results/h200/paper/table4
+"""
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPAN = 4096
+CUT = 1024
+BUCKETS = [(0, 64), (64, 256), (256, 512), (512, 1024), (1024, 2048), (2048, 4096)]
+PROTOCOLS = {"table4-scratch": "scratch", "table4-staged": "staged", "table4-control": "control"}
+
+
+@torch.no_grad()
+def target_losses(model, data, context, n_targets, device, stride=None, batch_tokens=16384):
+    """(loss, position in its window) of each target data[1 .. n_targets], float64 numpy arrays.
+    stride None: non-overlapping windows of `context`; else windows advancing by `stride`,
+    the first scored whole and each later one on its last `stride` targets."""
+    stride = stride or context
+    if n_targets < context or (n_targets - context) % stride:
+        raise ValueError(f"{n_targets} targets are not tiled by windows of {context} advancing by {stride}")
+    starts = list(range(0, n_targets - context + 1, stride))
+    losses, positions = np.empty(n_targets), np.empty(n_targets)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+    per_batch = max(1, batch_tokens // context)
+    for i in range(0, len(starts), per_batch):
+        chunk = starts[i:i + per_batch]
+        xy = torch.from_numpy(np.stack([data[s:s + context + 1] for s in chunk]).astype(np.int64)).to(device)
+        with autocast:
+            logits = model(xy[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), xy[:, 1:], reduction="none")
+        loss = loss.double().cpu().numpy()
+        for s, row in zip(chunk, loss):
+            first = 0 if s == 0 else context - stride  # positions of this window that are scored
+            losses[s + first:s + context] = row[first:]
+            positions[s + first:s + context] = np.arange(first, context)
+    return losses, positions
+
+
+def by_bucket(losses, positions, context):
+    return {f"{lo}-{hi - 1}": float(losses[(positions >= lo) & (positions < hi)].mean())
+            for lo, hi in BUCKETS if lo < context}
+
+
+def run_facts(run_dir):
+    """What a run directory says of itself: config, protocol, tokens trained (its parent's too), curve, speed."""
+    from training import checkpoints
+    cfg = json.loads((run_dir / "config.json").read_text())
+    t = cfg["train"]
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    parent_tokens = 0
+    if t.get("init_from"):
+        m = checkpoints.PATTERN.fullmatch(Path(t["init_from"]).name)
+        parent_tokens = int(m.group(1)) * t["batch_tokens"] if m else None
+    steps = max(r["step"] for r in rows)
+    rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]  # the first interval compiles
+    return {"run": run_dir.name, "protocol": PROTOCOLS.get(cfg["wandb"]["group"], cfg["wandb"]["group"]),
+            "context": cfg["context"], "seed": t["seed"], "attention": cfg["attention"]["name"],
+            "init_from": t.get("init_from"), "init_positions": t.get("init_positions") if t.get("init_from") else None,
+            "train_tokens": (parent_tokens or 0) + steps * t["batch_tokens"], "parent_tokens": parent_tokens,
+            "steps": steps, "tokens_per_s": statistics.median(rates) if rates else None,
+            "train_time_s": max((r.get("train_time_s", 0) for r in rows), default=None),
+            "curve": [[(parent_tokens or 0) + r["tokens_seen"], r["val/ppl"]] for r in rows if "val/ppl" in r]}
+
+
+def score(run_dir, val, device, attention):
+    from model.pretrained import load_model
+    facts = run_facts(run_dir)
+    model, account = load_model(run_dir, attention=attention)
+    model.to(device).eval()
+    n = (len(val) - 1) // SPAN * SPAN
+    context = facts["context"]
+    losses, positions = target_losses(model, val, context, n, device)
+    out = {**facts, "weights": account, "val_tokens": n, "val_loss": float(losses.mean()),
+           "val_ppl": math.exp(losses.mean()), "loss_by_position": by_bucket(losses, positions, context),
+           "val_ppl_ctx1024": None, "val_ppl_sliding": None}
+    if context > CUT:
+        cut, _ = target_losses(model, val, CUT, n, device)
+        out["val_ppl_ctx1024"] = math.exp(cut.mean())
+    else:
+        slide, _ = target_losses(model, val, context, n, device, stride=context // 2)
+        out["val_ppl_sliding"] = math.exp(slide.mean())
+    return out
+
+
+def summary(paths, meta):
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    keys = ("protocol", "context", "seed", "init_positions", "train_tokens", "val_tokens", "val_ppl", "val_ppl_ctx1024",
+            "val_ppl_sliding", "loss_by_position", "curve", "tokens_per_s", "train_time_s", "attention", "run")
+    runs = sorted(({k: r.get(k) for k in keys} for r in runs),
+                  key=lambda r: (r["protocol"], r["context"], r["init_positions"] or "", r["seed"]))
+    return {"meta": meta, "runs": runs}
+
+
+def data_paths(data):
+    """The token files of a data config (conf/data/<data>.yaml), prepared as train.py prepares them."""
+    import os
+    from hydra import compose, initialize_config_dir
+    from data.prepare import prepare
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        d = compose("config", overrides=[f"data={data}"]).data
+    d.cache_dir = os.path.abspath(os.path.expanduser(d.cache_dir))
+    d.root = os.path.abspath(os.path.expanduser(d.root))
+    return prepare(d)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("score", help="score run directories on the validation split (one JSON each)")
+    s.add_argument("runs", nargs="+", type=Path)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--data", default="gutenberg", help="the data config the runs trained on")
+    s.add_argument("--attention", default="flash")
+    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    m = sub.add_parser("summary", help="summary.json from the scores")
+    m.add_argument("scores", nargs="+", type=Path)
+    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--meta", type=json.loads, default={}, help="JSON: device, date, commit, commands")
+    a = p.parse_args(argv)
+    if a.cmd == "summary":
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "summary.json").write_text(json.dumps(summary(a.scores, a.meta), indent=1))
+        return
+    from data.batches import tokens
+    val = tokens(data_paths(a.data)["val"])
+    a.out.mkdir(parents=True, exist_ok=True)
+    for run in a.runs:
+        if not (run / "config.json").is_file():
+            print(f"skipping {run}: not a run directory", file=sys.stderr)
+            continue
+        result = score(run, val, a.device, a.attention)
+        (a.out / f"{run.name}.json").write_text(json.dumps(result, indent=1))
+        print(f"{run.name}: val ppl {result['val_ppl']:.2f} | ctx1024 {result['val_ppl_ctx1024']} | "
+              f"sliding {result['val_ppl_sliding']} | {result['loss_by_position']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
