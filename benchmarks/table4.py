@@ -121,6 +121,47 @@ def data_paths(data):
     return prepare(d)
 
 
+def label(r):
+    return {"scratch": f"scratch {r['context']}", "control": "control 1024",
+            "staged": f"staged {r['context']} ({r['init_positions']})"}.get(r["protocol"], r["run"])
+
+
+def table(summ):
+    """Markdown: one row a run, ppl on the same targets, the truncated and sliding scorings, loss by position."""
+    buckets = [f"{lo}-{hi - 1}" for lo, hi in BUCKETS]
+    fmt = lambda v, f="{:.2f}": "" if v is None else f.format(v)
+    lines = ["| run | seed | train tokens | val ppl | ppl, context cut to 1024 | ppl, sliding window | "
+             + " | ".join(f"loss {b}" for b in buckets) + " | tokens/s |",
+             "|---|---|---|---|---|---|" + "---|" * len(buckets) + "---|"]
+    for r in summ["runs"]:
+        lines.append(f"| {label(r)} | {r['seed']} | {r['train_tokens'] / 1e6:.0f}M | {fmt(r['val_ppl'])} | "
+                     f"{fmt(r['val_ppl_ctx1024'])} | {fmt(r['val_ppl_sliding'])} | "
+                     + " | ".join(fmt(r["loss_by_position"].get(b), "{:.3f}") for b in buckets)
+                     + f" | {fmt(r['tokens_per_s'], '{:,.0f}')} |")
+    return "\n".join(lines)
+
+
+def figures(summ, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in summ["runs"]:
+        t, ppl = zip(*r["curve"]) if r["curve"] else ((), ())
+        ax[0].plot([x / 1e6 for x in t], ppl, marker="o", label=f"{label(r)}, seed {r['seed']}")
+        b = r["loss_by_position"]
+        ax[1].plot(range(len(b)), list(b.values()), marker="o", label=f"{label(r)}, seed {r['seed']}")
+    ax[0].set(xlabel="training tokens (M)", ylabel="validation ppl (training-time evaluation, 4M targets)",
+              yscale="log", title="Validation perplexity against tokens seen")
+    ax[1].set(xlabel="position in the window", ylabel="validation loss (nats)", title="Loss by position (whole split)")
+    ax[1].set_xticks(range(len(BUCKETS)), [f"{lo}-{hi - 1}" for lo, hi in BUCKETS])
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "table4.png", dpi=120)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -137,7 +178,11 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.cmd == "summary":
         a.out.mkdir(parents=True, exist_ok=True)
-        (a.out / "summary.json").write_text(json.dumps(summary(a.scores, a.meta), indent=1))
+        summ = summary(a.scores, a.meta)
+        (a.out / "summary.json").write_text(json.dumps(summ, indent=1))
+        (a.out / "table.md").write_text(table(summ) + "\n")
+        figures(summ, a.out)
+        print(table(summ))
         return
     from data.batches import tokens
     val = tokens(data_paths(a.data)["val"])
