@@ -1,5 +1,5 @@
 """End-to-end training speed, side by side in one process on one GPU: our trainer's step
-(train.py's build_model / compiled / TrainBatches / train_step) in several settings, against a
+(training.loop.Trainer, the step train.py runs) in several settings, against a
 minimal nanoGPT-style reference (benchmarks/nanogpt_ref.py, compiled) and transformers'
 GPT2LMHeadModel (eager; SDPA or its own attention), GPT-2 small, the same tokens per step.
 
@@ -103,26 +103,19 @@ def build(kind, overrides, context, batch_tokens, tokens, micro_tokens=None):
     """A step() closure doing one optimizer step on batch_tokens tokens, and a description."""
     autocast = torch.autocast("cuda", dtype=torch.bfloat16)
     if kind == "ours":
-        import train
-        from data.batches import TrainBatches
+        from training.distributed import Dist
+        from training.loop import Trainer
         cfg = compose([f"context={context}", f"train.batch_tokens={batch_tokens}",
                        f"train.micro_batch_tokens={batch_tokens}", *overrides])  # a variant's overrides win
-        t = cfg.train
-        micro, accum = train.batch_shape(cfg)
-        model = train.build_model(cfg).cuda()
-        optimizer = model.optimizer(t.lr, t.weight_decay, t.betas, "cuda")
-        scheduler = train.lr_schedule(optimizer, t)
-        fwd, how = train.compiled(model, t, on_cuda=True)
-        batches = TrainBatches(tokens, micro, context, torch.Generator().manual_seed(0), "cuda", prefetch=t.prefetch)
+        trainer = Trainer(cfg, Dist(device="cuda"), tokens)  # train.py's own model, optimizer, batches and step
+        trainer.start_batches()
 
         def step():
-            loss, _ = train.train_step(fwd, model, optimizer, batches, accum, t.grad_clip, autocast)
-            scheduler.step()
-            return loss
-        mc = model.cfg
-        return step, (f"train.py {' '.join(overrides)}: {how}, cross-entropy {mc.cross_entropy}, "
+            return trainer.step()[0]
+        t, mc = cfg.train, trainer.model.cfg
+        return step, (f"train.py {' '.join(overrides)}: {trainer.how}, cross-entropy {mc.cross_entropy}, "
                       f"vocab {mc.padded_vocab}, clip {t.grad_clip}, prefetch {t.prefetch}, "
-                      f"{accum} micro-batch{'es' if accum > 1 else ''} of {micro} x {context}")
+                      f"{trainer.accum} micro-batch{'es' if trainer.accum > 1 else ''} of {trainer.micro_batch} x {context}")
     micro_tokens = micro_tokens or batch_tokens
     accum = batch_tokens // micro_tokens
     x = torch.randint(0, 50257, (micro_tokens // context, context + 1), device="cuda")

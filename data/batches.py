@@ -29,8 +29,11 @@ def _to_device(xy, device):
 
 def check_length(data, context, split):
     if len(data) < context + 1:
-        raise ValueError(f"the {split} split has {len(data)} tokens, fewer than context + 1 = {context + 1}; "
-                         "use a smaller context or a larger corpus")
+        from data.prepare import DataError
+        fix = ("name a larger validation file (data.val_files) or hold out more of the train documents "
+               "(data.val_fraction)") if split == "val" else "add training files (data.train_files)"
+        raise DataError(f"the {split} split has {len(data)} tokens, fewer than one window (context + 1 = "
+                        f"{context + 1}): use a smaller context, or {fix}")
 
 
 def _windows(data, starts, context, pin=False):

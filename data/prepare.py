@@ -53,8 +53,8 @@ def tokenizer():
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as e:  # no network and no cached BPE files
-        raise RuntimeError("could not load the GPT-2 BPE: set TIKTOKEN_CACHE_DIR to a folder holding "
-                           "tiktoken's cached gpt2 files (e.g. ../shared/data/gpt2-bpe/tiktoken_cache)") from e
+        raise DataError("could not load the GPT-2 BPE (offline?): set TIKTOKEN_CACHE_DIR to a folder holding "
+                        "tiktoken's cached gpt2 files (e.g. ../shared/data/gpt2-bpe/tiktoken_cache)") from e
 
 
 def _format(path):
@@ -316,7 +316,7 @@ def prepare_hf(cfg, out):
     try:
         ds = datasets.load_dataset(cfg.hf_path, num_proc=cfg.get("num_proc") or None)
     except Exception as e:
-        raise RuntimeError(
+        raise DataError(
             f"could not load {cfg.hf_path} from the Hugging Face hub ({type(e).__name__}: {str(e)[:200]}). "
             "Offline? Use a local corpus instead: data=owt-sample (OpenWebText sample), data=webtext-sample, "
             "data=gutenberg, or data=local data.train_files=[...]") from e
@@ -342,7 +342,7 @@ def prepare_hf(cfg, out):
 def prepare(cfg):
     """Token files for cfg's corpus, built if needed and verified. Returns {'train': path, 'val': path}."""
     if cfg.source not in ("local", "hf"):
-        raise ValueError(f"data.source={cfg.source!r}: local | hf")
+        raise DataError(f"data.source={cfg.source!r}: local | hf")
     cache = Path(os.path.expanduser(cfg.cache_dir))
     # The split's name in the cache: what the config says it holds (not where the files lie, so a
     # machine with the corpus elsewhere, or only its cache, finds it).

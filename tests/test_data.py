@@ -2,6 +2,8 @@
 
 import json
 import lzma
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from data.batches import TrainBatches, eval_batches, tokens
-from data.prepare import EOT, load_splits, prepare, tokenizer
+from data.prepare import EOT, DataError, prepare, tokenizer, verified
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,29 +39,94 @@ def test_sample_round_trips_through_the_cache(shared_data, tmp_path):
     assert meta["tokens"] == len(tokens(paths["train"])) and meta["tokenizer"] == "tiktoken/gpt2"
 
 
-def test_split_is_deterministic(shared_data, tmp_path):
-    a = load_splits(owt_cfg(shared_data, tmp_path))
-    b = load_splits(owt_cfg(shared_data, tmp_path))
-    assert a["val"]["text"] == b["val"]["text"] and len(a["val"]) == 50
+def test_hold_out_is_datasets_train_test_split(shared_data, tmp_path):
+    """The standard-library reader and hold-out give the tokens datasets' json builder and
+    train_test_split(test_size, seed) gave (the split nanoGPT-style runs were trained on)."""
+    import datasets
+    paths = prepare(owt_cfg(shared_data, tmp_path))
+    ds = datasets.load_dataset("json", data_files=str(shared_data / "openwebtext-sample/openwebtext_sample.jsonl.xz"),
+                               cache_dir=str(tmp_path / "hf"))["train"].train_test_split(test_size=0.1, seed=2357)
+    enc = tokenizer()
+    for split, ours in (("test", "val"), ("train", "train")):
+        want = np.concatenate([enc.encode_ordinary(t) + [EOT] for t in ds[split]["text"]])
+        assert np.array_equal(tokens(paths[ours]), want), split
 
 
-def test_cache_is_reused_and_a_truncated_cache_rebuilt(shared_data, tmp_path):
-    cfg = owt_cfg(shared_data, tmp_path)
-    paths = prepare(cfg)
-    train = Path(paths["train"])
-    mtime, size = train.stat().st_mtime_ns, train.stat().st_size
-    assert prepare(cfg) == paths and train.stat().st_mtime_ns == mtime  # reused
-    with open(train, "r+b") as f:
-        f.truncate(size // 2)  # a crash mid-copy
-    prepare(cfg)
-    assert train.stat().st_size == size
-
-
-def test_missing_data_is_one_clear_error(tmp_path):
+def local_cfg(root, tmp_path, **kw):
     cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf/data/local.yaml"),
-                          {"root": str(tmp_path), "cache_dir": str(tmp_path), "train_files": "nope/*.jsonl"})
-    with pytest.raises(FileNotFoundError, match="no data file matches .*nope"):
-        prepare(cfg)
+                          {"root": str(root), "cache_dir": str(tmp_path / "cache"), "val_fraction": 0.2}, kw)
+    return cfg
+
+
+def write_jsonl(path, texts):
+    with lzma.open(path, "wt") if str(path).endswith(".xz") else open(path, "w") as f:
+        for t in texts:
+            f.write(json.dumps({"text": t}) + "\n")
+
+
+def test_a_same_size_cache_of_other_bytes_is_rebuilt(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [f"document number {i} " * 20 for i in range(20)])
+    cfg = local_cfg(tmp_path, tmp_path, train_files="a.jsonl")
+    paths = prepare(cfg)
+    good = tokens(paths["train"]).copy()
+    with open(paths["train"], "r+b") as f:  # same size, other tokens
+        f.write(np.full(10, 7, dtype=np.uint16).tobytes())
+    assert verified(paths["train"]) is None
+    assert np.array_equal(tokens(prepare(cfg)["train"]), good)
+
+
+def test_absent_sources_are_taken_from_their_verified_cache(tmp_path, capfd):
+    """A machine that carries only part of a corpus: files the cache holds stand in for their
+    sources, said in one line; a damaged entry for an absent file is an error naming it."""
+    (tmp_path / "books").mkdir()
+    for name in ("b0", "b1"):
+        write_jsonl(tmp_path / "books" / f"{name}.jsonl.xz", [f"{name} text {i} " * 30 for i in range(10)])
+    cfg = local_cfg(tmp_path, tmp_path, train_files="books/*.jsonl.xz")
+    full = tokens(prepare(cfg)["train"]).copy()
+    (tmp_path / "books" / "b0.jsonl.xz").unlink()
+    capfd.readouterr()
+    assert np.array_equal(tokens(prepare(cfg)["train"]), full)
+    assert "absent, their verified cached tokens used: books/b0.jsonl.xz" in capfd.readouterr().err
+    entry = next((tmp_path / "cache" / "files").glob("b0.jsonl.xz-*.bin"))
+    with open(entry, "r+b") as f:
+        f.write(b"\x00\x01")
+    with pytest.raises(FileNotFoundError, match="no data file matches"):
+        prepare(local_cfg(tmp_path, tmp_path, train_files="books/b0.jsonl.xz"))
+
+
+@pytest.mark.parametrize("content,match", [
+    ("", "no documents"),
+    ('{"text": "fine"}\n{"text": broken\n', r"a\.jsonl:2: invalid JSON"),
+    ('{"body": "no text field"}\n', r"a\.jsonl:1: no string field 'text'"),
+])
+def test_bad_data_files_name_the_file_and_line(tmp_path, content, match):
+    (tmp_path / "a.jsonl").write_text(content)
+    with pytest.raises(DataError, match=match):
+        prepare(local_cfg(tmp_path, tmp_path, train_files="a.jsonl"))
+
+
+def test_a_truncated_xz_names_the_file(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl.xz", ["some text " * 500] * 20)
+    data = (tmp_path / "a.jsonl.xz").read_bytes()
+    (tmp_path / "a.jsonl.xz").write_bytes(data[:len(data) // 2])
+    with pytest.raises(DataError, match=r"a\.jsonl\.xz: unreadable, truncated or damaged"):
+        prepare(local_cfg(tmp_path, tmp_path, train_files="a.jsonl.xz"))
+
+
+def test_a_validation_split_shorter_than_a_window_names_the_keys(tmp_path):
+    from data.batches import check_length
+    with pytest.raises(DataError, match="data.val_files.*data.val_fraction"):
+        check_length(np.zeros(10, np.uint16), 64, "val")
+
+
+def test_local_files_need_neither_datasets_nor_wandb(shared_data, tmp_path):
+    """A GPU machine without datasets: local files are read with the standard library."""
+    code = (f"import sys; from omegaconf import OmegaConf; from data.prepare import prepare; "
+            f"cfg = OmegaConf.merge(OmegaConf.load('conf/data/local.yaml'), OmegaConf.load('conf/data/owt-sample.yaml')); "
+            f"cfg.pop('defaults'); cfg.root = {str(shared_data)!r}; cfg.cache_dir = {str(tmp_path)!r}; prepare(cfg); "
+            f"assert 'datasets' not in sys.modules and 'wandb' not in sys.modules, 'imported'")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_openwebtext_hub_path_on_the_sample(shared_data, tmp_path, monkeypatch):
@@ -84,7 +151,7 @@ def test_openwebtext_offline_names_the_local_alternatives(tmp_path, monkeypatch)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     cfg = OmegaConf.load(ROOT / "conf/data/openwebtext.yaml")
     cfg.cache_dir = str(tmp_path / "cache")
-    with pytest.raises(RuntimeError, match="data=owt-sample"):
+    with pytest.raises(DataError, match="data=owt-sample"):
         prepare(cfg)
 
 

@@ -41,7 +41,7 @@ def test_fsdp_two_ranks_then_one_rank_from_its_checkpoint(tmp_path, reference_ru
 def test_global_batch_must_split_over_the_ranks():
     from omegaconf import OmegaConf
 
-    from train import batch_shape
+    from training.loop import batch_shape
     cfg = OmegaConf.create({"context": 64, "train": {"batch_tokens": 1024, "micro_batch_tokens": 512}})
     assert batch_shape(cfg, 1) == (8, 2) and batch_shape(cfg, 2) == (8, 1)
     with pytest.raises(ValueError, match="divide train.batch_tokens \\(1024\\) / 4 ranks"):

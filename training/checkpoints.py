@@ -4,7 +4,7 @@ and ckpt.pt linking to the newest written.
 Each is one torch.save file with the full (unsharded) model and optimizer state keyed by
 parameter name (torch.distributed.checkpoint's full state dicts, gathered to rank 0), so a
 checkpoint written by 8 FSDP ranks loads into one process and the other way round; beside
-them the scheduler, the step, the batch generator all ranks share, each rank's RNG states,
+them the step, the batch generator all ranks share, each rank's RNG states,
 the config and the wandb run id.
 
 Written atomically (a temporary file, fsync, rename): a kill mid-write leaves the earlier
@@ -112,30 +112,35 @@ def _rng_states():
     return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None}
 
 
-def write(run_dir, step, d, keep, model, optimizer, scheduler, **extra):
-    """Every rank calls it (FSDP gathers its shards); rank 0 writes ckpt-<step>.pt."""
+def write(run_dir, step, d, keep, model, optimizer, *, batch_rng, config, wandb_id, train_time_s):
+    """Every rank calls it (FSDP gathers its shards); rank 0 writes ckpt-<step>.pt. What a
+    checkpoint holds, every key: model, optimizer (full state dicts by parameter name), step,
+    each rank's RNG states (rng) and the world size, the batch generator's state all ranks
+    share (batch_rng), the resolved config, the wandb run id and the training time so far.
+    The learning rate is a function of the step and the config (training/loop.py: lr_at)."""
     model_state, optimizer_state = capture(model, optimizer)
     rng = distributed.gather(_rng_states(), d)  # each rank's: dropout differs across ranks
     if d.main:
-        save(run_dir, step, {"model": model_state, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
-                             "step": step, "rng": rng, "world": d.world, **extra}, keep)
+        save(run_dir, step, {"model": model_state, "optimizer": optimizer_state, "step": step, "rng": rng,
+                             "world": d.world, "batch_rng": batch_rng, "config": config, "wandb_id": wandb_id,
+                             "train_time_s": train_time_s}, keep)
     distributed.barrier(d)  # a rank that exits after this (preemption) leaves the file written
 
 
-def resume(run_dir, d, model, optimizer, scheduler, seed):
-    """Loads the newest good checkpoint into model, optimizer and scheduler (rank 0 picks it,
-    every rank reads it) and restores this rank's RNG states; returns (checkpoint, path).
-    At another world size the RNG states are reseeded from (seed, rank, step) instead."""
+def resume(run_dir, d, model, optimizer, seed):
+    """Loads the newest good checkpoint into model and optimizer (rank 0 picks it, every rank
+    reads it) and restores this rank's RNG states; returns (checkpoint without its model and
+    optimizer states, path). At another world size the RNG states are reseeded from
+    (seed, rank, step) instead."""
     path = distributed.from_main(newest(run_dir, set_aside=True) if d.main else None, d)
     if path is None:
         raise FileNotFoundError(f"no checkpoint (ckpt-*.pt) in {run_dir}")
     ckpt = load(path)
     restore(ckpt, model, optimizer)
-    scheduler.load_state_dict(ckpt["scheduler"])
     if len(ckpt["rng"]) == d.world:
         torch.set_rng_state(ckpt["rng"][d.rank]["cpu"])
         if ckpt["rng"][d.rank]["cuda"] is not None and d.device.startswith("cuda"):
             torch.cuda.set_rng_state(ckpt["rng"][d.rank]["cuda"])
     else:
         torch.manual_seed(seed + 1000003 * ckpt["step"] + d.rank)
-    return ckpt, path
+    return {k: v for k, v in ckpt.items() if k not in ("model", "optimizer")}, path

@@ -1,0 +1,120 @@
+"""The run's configuration checked before anything is written: one line naming the key and what
+it takes, for every key a user sets; and what a resumed run may change.
+
+UserError is the one exception train.py turns into a single line on stderr (exit 2); the
+full traceback comes with HYDRA_FULL_ERROR=1.
+"""
+
+from omegaconf import OmegaConf
+
+from attention import BACKENDS
+
+
+class UserError(ValueError):
+    """Bad input (configuration, data, run directory): its message is all the user needs."""
+
+
+# key -> allowed values (None stands for null)
+CHOICES = {
+    "model.impl": ("ours", "hf"),
+    "model.cross_entropy": ("auto", "fused", "plain", "upcast", "liger"),
+    "model.qkv_packed": (True, False),
+    "attention.name": tuple(BACKENDS),
+    "train.device": ("auto", "cuda", "cpu"),
+    "train.dtype": ("bfloat16", "float16", "float32"),
+    "train.compile": ("auto", True, False),
+    "train.compile_mode": ("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"),
+    "train.prefetch": (True, False),
+    "train.resume": (True, False, "auto"),
+    "train.parallel": ("ddp", "fsdp"),
+    "train.init_positions": ("copy", "interpolate"),
+    "wandb.mode": ("auto", "online", "offline", "disabled"),
+    "data.source": ("local", "hf"),
+}
+POSITIVE = ("context", "model.n_layer", "model.n_head", "model.n_embd", "model.vocab_multiple", "model.xent_chunk",
+            "train.batch_tokens", "train.micro_batch_tokens", "train.max_steps", "train.log_every", "train.eval_every",
+            "train.ckpt_every", "train.keep_checkpoints")
+NON_NEGATIVE = ("train.lr", "train.min_lr", "train.warmup_steps", "train.weight_decay", "train.grad_clip",
+                "model.dropout", "model.attn_dropout", "train.ddp_bucket_mb")
+OPTIONAL_POSITIVE = ("train.steps_per_run", "train.eval_tokens", "data.max_docs")
+# Values that shape what a run learns: a resumed run keeps its checkpoint's unless told
+# (train.allow_changes); context and architecture never change on resume (use train.init_from).
+RESUME_KEYS = ("train.max_steps", "train.lr", "train.min_lr", "train.warmup_steps", "train.batch_tokens",
+               "train.weight_decay", "train.betas", "train.grad_clip", "train.seed")
+FIXED_ON_RESUME = ("context", "model.n_layer", "model.n_head", "model.n_embd", "model.vocab_multiple", "model.impl",
+                   "data.name")
+
+
+def _get(cfg, key):
+    return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check(cfg):
+    """Raises UserError naming the first bad key; returns nothing."""
+    try:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+    except Exception:  # an interpolation only Hydra's runtime resolves (outside a Hydra run)
+        missing = []
+    # `requires`: keys an experiment needs the user to set (`???` would not do: merged over a
+    # default, OmegaConf keeps the default)
+    missing += [k for k in (_get(cfg, "requires") or []) if _get(cfg, k) in (None, "")]
+    if missing:
+        raise UserError(f"{missing[0]} is required here and was not given (e.g. {missing[0]}=...)")
+    for key, allowed in CHOICES.items():
+        v = _get(cfg, key)
+        if v not in allowed:
+            raise UserError(f"{key}={v!r} is not one of: {' | '.join(str(a).lower() if isinstance(a, bool) else str(a) for a in allowed)}")
+    for key in POSITIVE:
+        v = _get(cfg, key)
+        if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+            raise UserError(f"{key}={v!r}: a positive whole number is needed")
+    for key in NON_NEGATIVE:
+        v = _get(cfg, key)
+        if not (_number(v) and v >= 0):
+            raise UserError(f"{key}={v!r}: a number >= 0 is needed")
+    for key in OPTIONAL_POSITIVE:
+        v = _get(cfg, key)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+            raise UserError(f"{key}={v!r}: a positive whole number or null is needed")
+    t = cfg.train
+    if t.min_lr > t.lr:
+        raise UserError(f"train.min_lr={t.min_lr} is above train.lr={t.lr}")
+    if cfg.model.n_embd % cfg.model.n_head:
+        raise UserError(f"model.n_embd={cfg.model.n_embd} is not a multiple of model.n_head={cfg.model.n_head}")
+    betas = _get(cfg, "train.betas")
+    if not (OmegaConf.is_list(betas) and len(betas) == 2 and all(_number(b) and 0 <= b < 1 for b in betas)):
+        raise UserError(f"train.betas={betas!r}: two numbers in [0, 1) are needed, e.g. [0.9,0.95]")
+    for key in list(_get(cfg, "train.allow_changes") or []):
+        if f"train.{key}" not in RESUME_KEYS:
+            raise UserError(f"train.allow_changes names {key!r}; it takes: "
+                            f"{', '.join(k.removeprefix('train.') for k in RESUME_KEYS)}")
+
+
+def resume_changes(saved, cfg):
+    """[(key, saved value, new value)] of the values that shape learning and differ from the
+    checkpoint's config (saved: a plain dict). Raises UserError for those that cannot change,
+    and for a change not in train.allow_changes."""
+    saved = OmegaConf.create(saved)
+    for key in FIXED_ON_RESUME:
+        if _get(saved, key) != _get(cfg, key):
+            raise UserError(f"{key} is {_get(saved, key)!r} in the checkpoint and {_get(cfg, key)!r} now: a resumed run "
+                            "keeps it; to train on from these weights with another value, start a new run with "
+                            "train.init_from=<this run dir>")
+    allowed = set(_get(cfg, "train.allow_changes") or [])
+    changes = []
+    for key in RESUME_KEYS:
+        old, new = _get(saved, key), _get(cfg, key)
+        old, new = (OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for v in (old, new))
+        if old == new or old is None:
+            continue
+        name = key.removeprefix("train.")
+        if name not in allowed:
+            raise UserError(f"{key} is {old!r} in the checkpoint and {new!r} now: a resumed run keeps what it trained "
+                            f"with; pass train.allow_changes=[{name}] to take the new value from the checkpoint's "
+                            "step on, or start a new run in another directory")
+        changes.append((key, old, new))
+    return changes
