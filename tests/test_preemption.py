@@ -91,3 +91,30 @@ def test_kill_9_at_a_random_step_then_resume_repeats_the_losses(tmp_path, refere
     assert f"at step {saved[-1]}" in r.stdout
     assert not list((tmp_path / "run").glob("*.tmp"))  # a write the kill cut short is cleared
     assert_follows(tmp_path / "run", reference_run)  # the resumed rows replace the killed run's
+
+
+def test_ctrl_c_checkpoints_like_sigterm(tmp_path, reference_run):
+    """SIGINT (Ctrl-C): the step finishes, a checkpoint is written, exit 0; the resumed run
+    repeats the reference's losses."""
+    proc = start(tmp_path)
+    wait_for_step(tmp_path / "run", 5, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    stopped = max(m for m in losses(tmp_path / "run"))
+    assert f"SIGINT: stopped after step {stopped} with a checkpoint" in out
+    assert stopped in steps_of_checkpoints(tmp_path / "run")
+    resume(tmp_path)
+    assert_follows(tmp_path / "run", reference_run)
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path, shared_data):
+    proc = start(tmp_path, "train.max_steps=400", "train.ckpt_every=1000")
+    wait_for_step(tmp_path / "run", 3, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted: exited without a checkpoint" in err and "Traceback" not in err
