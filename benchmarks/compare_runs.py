@@ -63,20 +63,23 @@ def compile_setting(t):
 def summarize(run, base, target_loss):
     c, train, val = run["config"], run["train"], run["val"]
     rates = [r["tokens_per_s"] for r in train[1:]] or [r["tokens_per_s"] for r in train]
-    median = lambda key: statistics.median(r[key] for r in train[1:] or train) if key in train[-1] else float("nan")  # noqa: E731
+    median = lambda key: statistics.median(r[key] for r in train[1:] or train) if train and key in train[-1] else None  # noqa: E731
     reached = next((r for r in val if r["val/loss"] <= target_loss), None) if target_loss else None
     base_loss = {r["step"]: r["train/loss"] for r in base["train"]}
     diffs = [abs(r["train/loss"] - base_loss[r["step"]]) for r in train if r["step"] in base_loss]
-    return {"run": run["name"], "impl": c.get("model", {}).get("impl", "ours"),
+    env = c.get("env", {})
+    return {"run": run["name"], "device": env.get("device") or c.get("train", {}).get("device", "?"),
+            "world": env.get("world", 1), "steps": train[-1]["step"] if train else 0,
+            "impl": c.get("model", {}).get("impl", "ours"),
             "attention": c.get("attention", {}).get("name", "?"),
             "compile": compile_setting(c.get("train", {})), "context": c.get("context"),
-            "tokens_per_s": statistics.median(rates) if rates else float("nan"),
-            "mfu": median("mfu"), "peak_mem_gb": max((r.get("peak_mem_gb", float("nan")) for r in train), default=float("nan")),
+            "tokens_per_s": statistics.median(rates) if rates else None,
+            "mfu": median("mfu"), "peak_mem_gb": max((r["peak_mem_gb"] for r in train if "peak_mem_gb" in r), default=None),
             "tokens": train[-1]["tokens_seen"] if train else 0,
-            "val_loss": val[-1]["val/loss"] if val else float("nan"),
-            "train_time_s": train[-1].get("train_time_s", float("nan")) if train else float("nan"),
-            "time_to_target_s": reached.get("train_time_s", float("nan")) if reached else None,
-            "max_loss_diff": max(diffs) if diffs else float("nan")}
+            "val_loss": val[-1]["val/loss"] if val else None,
+            "train_time_s": train[-1].get("train_time_s") if train else None,
+            "time_to_target_s": reached.get("train_time_s") if reached else None,
+            "max_loss_diff": max(diffs) if diffs else None}
 
 
 def _num(x, fmt):
@@ -85,21 +88,27 @@ def _num(x, fmt):
 
 def markdown(rows, baseline, target_loss):
     base = next(r for r in rows if r["run"] == baseline)
-    head = ["run", "impl", "attention", "compile", "context", "tokens/s", f"speedup vs {baseline}", "MFU",
-            "peak GB", "tokens", "val loss", "val ppl", "train time s"]
+    head = ["run", "device", "impl", "attention", "compile", "context", "steps", "tokens/s", f"speedup vs {baseline}",
+            "MFU", "peak GB", "tokens", "val loss", "val ppl", "train time s"]
     if target_loss:
         head.append(f"time to val loss {target_loss} (s)")
     head.append(f"max abs train-loss diff vs {baseline}")
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["run"], r["impl"], r["attention"], r["compile"], str(r["context"]), f"{r['tokens_per_s']:,.0f}",
-                 f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x", _num(r["mfu"], "{:.1%}"),
-                 _num(r["peak_mem_gb"], "{:.2f}"), f"{r['tokens']:,}", f"{r['val_loss']:.4f}", f"{math.exp(r['val_loss']):.2f}",
-                 f"{r['train_time_s']:.0f}"]
+        same = r["device"] == base["device"] and r["world"] == base["world"]
+        ratio = r["tokens_per_s"] / base["tokens_per_s"] if r["tokens_per_s"] and base["tokens_per_s"] else None
+        cells = [r["run"], r["device"] + (f" x{r['world']}" if r["world"] > 1 else ""), r["impl"], r["attention"],
+                 r["compile"], str(r["context"]), str(r["steps"]), _num(r["tokens_per_s"], "{:,.0f}"),
+                 _num(ratio, "{:.2f}x") + ("" if same else " (other device)"), _num(r["mfu"], "{:.1%}"),
+                 _num(r["peak_mem_gb"], "{:.2f}"), f"{r['tokens']:,}", _num(r["val_loss"], "{:.4f}"),
+                 _num(None if r["val_loss"] is None else math.exp(r["val_loss"]), "{:.2f}"), _num(r["train_time_s"], "{:.0f}")]
         if target_loss:
             cells.append("not reached" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.0f}")
-        cells.append(f"{r['max_loss_diff']:.4f}")
+        cells.append(_num(r["max_loss_diff"], "{:.4f}"))
         out.append("| " + " | ".join(cells) + " |")
+    devices = sorted({(r["device"], r["world"]) for r in rows})
+    if len(devices) > 1:
+        out += ["", f"Runs on {len(devices)} different machines: their tokens/s ratios compare machines as well as code."]
     return "\n".join(out) + "\n"
 
 
@@ -157,7 +166,7 @@ def compare(runs, baseline=None, target_loss=None, out=None):
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "compare.md").write_text(table)
-        (out / "compare.json").write_text(json.dumps(rows, indent=1))
+        (out / "compare.json").write_text(json.dumps(rows, indent=1, allow_nan=False))  # missing values are null
         plot(runs, rows, out)
     return table, rows
 

@@ -8,10 +8,11 @@ import pytest
 from benchmarks.compare_runs import compare, load_dir, main
 
 
-def fake_run(path, attention, rates, val_losses, impl="ours"):
+def fake_run(path, attention, rates, val_losses, impl="ours", device="NVIDIA H200"):
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"model": {"impl": impl}, "attention": {"name": attention},
-                                                  "context": 1024, "train": {"compile": "auto", "device": "cuda"}}))
+                                                  "context": 1024, "train": {"compile": "auto", "device": "cuda"},
+                                                  "env": {"device": device, "world": 1}}))
     rows = [{"step": 10 * (i + 1), "train/loss": 5.0 - 0.1 * i, "tokens_per_s": r, "mfu": r / 1e6,
              "peak_mem_gb": 7.5, "tokens_seen": 16384 * 10 * (i + 1), "train_time_s": 10.0 * (i + 1)}
             for i, r in enumerate(rates)]
@@ -27,11 +28,21 @@ def test_table_and_plots(tmp_path):
     table, rows = compare([load_dir(a), load_dir(b)], baseline="hf", target_loss=5.0, out=tmp_path / "cmp")
     hf, flash = rows
     assert hf["tokens_per_s"] == 110.0 and flash["tokens_per_s"] == 330.0  # median, first interval left out
-    assert "| flash | ours | flash | on | 1024 | 330 | 3.00x |" in table
+    assert "| flash | NVIDIA H200 | ours | flash | on | 1024 | 40 | 330 | 3.00x |" in table
     assert hf["time_to_target_s"] == 30.0 and flash["time_to_target_s"] == 30.0
     assert flash["max_loss_diff"] == 0.0
     for f in ("compare.md", "compare.json", "val_ppl.png", "tokens_per_s.png"):
         assert (tmp_path / "cmp" / f).stat().st_size > 0
+
+
+def test_runs_of_other_machines_and_missing_values(tmp_path):
+    """No NaN in compare.json (JSON has none): missing values are null; a ratio across devices says so."""
+    a = fake_run(tmp_path / "a", "sdpa", [1.0, 100.0], [5.0], device="NVIDIA H100 80GB HBM3")
+    b = fake_run(tmp_path / "b", "flash", [1.0, 150.0], [], device="NVIDIA H200")
+    table, _ = compare([load_dir(a), load_dir(b)], out=tmp_path / "cmp")
+    assert "1.50x (other device)" in table and "2 different machines" in table
+    rows = json.loads((tmp_path / "cmp/compare.json").read_text())  # strict JSON
+    assert rows[1]["val_loss"] is None and "NaN" not in (tmp_path / "cmp/compare.json").read_text()
 
 
 def test_bad_input_is_one_clear_error(tmp_path, capsys):

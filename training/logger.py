@@ -26,7 +26,7 @@ class Logger:
             return
         import wandb
         if mode == "auto":
-            mode = os.environ.get("WANDB_MODE") or ("online" if wandb.api.api_key else "offline")
+            mode = os.environ.get("WANDB_MODE") or ("online" if wandb.login(prompt=False, verify=False) else "offline")
         self.wandb = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
                                 name=cfg.wandb.name, tags=list(cfg.wandb.tags), mode=mode, dir=str(out_dir),
                                 config=OmegaConf.to_container(cfg, resolve=True), id=run_id, resume="allow")

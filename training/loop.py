@@ -280,8 +280,10 @@ def run(cfg, d, preemption, out_dir, resume, changes):
             return trainer.model
     elif d.world > 1:
         torch.manual_seed(t.seed + d.rank)  # dropout masks differ across ranks
-    if d.main:  # the resolved config beside metrics.jsonl: what benchmarks/compare_runs.py reads
-        (out_dir / "config.json").write_text(json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=1))
+    if d.main:  # the resolved config beside metrics.jsonl, and where it ran: what benchmarks/compare_runs.py reads
+        env = {"device": torch.cuda.get_device_name() if trainer.on_cuda else "cpu", "world": d.world,
+               "torch": torch.__version__}
+        (out_dir / "config.json").write_text(json.dumps({**OmegaConf.to_container(cfg, resolve=True), "env": env}, indent=1))
     trainer.start_batches()
     on_cuda = trainer.on_cuda
     peak = peak_flops(torch.cuda.get_device_name()) if on_cuda else None  # None: an unknown GPU, no MFU

@@ -1,0 +1,36 @@
+"""The README's CPU commands run as written, from the repo root (the block after the marker)."""
+
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = "<!-- tests/test_readme.py runs every command of the next block"
+
+
+def cpu_commands():
+    text = (ROOT / "README.md").read_text()
+    block = re.search(re.escape(MARKER) + r".*?\n```bash\n(.*?)```", text, re.S)
+    assert block, "README lost its tested CPU block"
+    return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("command", cpu_commands())
+def test_readme_command_runs_as_written(command, shared_data):
+    if not (ROOT.parent / "shared").is_dir():
+        pytest.skip("the README's paths name ../shared beside the checkout")
+    before = set((ROOT / "runs").rglob("*")) if (ROOT / "runs").is_dir() else set()
+    env = {k: v for k, v in os.environ.items() if k not in ("TIKTOKEN_CACHE_DIR", "DATA")}  # as a user has it
+    env["WANDB_MODE"] = "offline"
+    try:
+        r = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert re.search(r"val ppl \d", r.stdout), r.stdout[-2000:]
+    finally:
+        for p in sorted(set((ROOT / "runs").rglob("*")) - before, reverse=True):  # what this test made
+            p.unlink() if p.is_file() or p.is_symlink() else p.rmdir()
+    assert shlex.split(command)[1] == "python"
