@@ -1,0 +1,67 @@
+"""benchmarks/table4.py on a tiny model: every context scores the same targets; a cut context
+and a sliding window; the protocol configs; summary.json."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from benchmarks import table4
+from model import GPT, GPTConfig
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def tiny(context):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, context=context, vocab_size=100, attention="sdpa")).eval()
+
+
+def test_contexts_score_the_same_targets_and_a_cut_context_is_the_window_prefix():
+    data = np.random.default_rng(0).integers(0, 100, 1025).astype(np.uint16)
+    model = tiny(256)
+    full, pos = table4.target_losses(model, data, 256, 1024, "cpu")
+    cut, cut_pos = table4.target_losses(model, data, 64, 1024, "cpu")
+    assert full.shape == cut.shape == (1024,) and not np.isnan(full).any()
+    assert set(pos) == set(range(256)) and set(cut_pos) == set(range(64))
+    # A causal model's first 64 positions of a 256-window see what a 64-window sees.
+    np.testing.assert_allclose(full[:64], cut[:64], rtol=1e-5, atol=1e-5)
+    slide, slide_pos = table4.target_losses(model, data, 256, 1024, "cpu", stride=128)
+    np.testing.assert_allclose(slide[:256], full[:256], rtol=1e-5, atol=1e-5)  # the first window whole
+    assert slide_pos[256:].min() == 128  # later targets see at least 128 tokens
+    with pytest.raises(ValueError, match="not tiled"):
+        table4.target_losses(model, data, 256, 1000, "cpu")
+    buckets = table4.by_bucket(full, pos, 256)
+    assert list(buckets) == ["0-63", "64-255"] and buckets["0-63"] == pytest.approx(full[pos < 64].mean())
+
+
+@pytest.mark.parametrize("experiment,context", [("table4-scratch", 1024), ("table4-staged", 4096), ("table4-control", 1024)])
+def test_protocol_configs(experiment, context):
+    from training.config import UserError, check
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", [f"experiment={experiment}"])
+    assert cfg.context == context and cfg.train.batch_tokens == 65536 and cfg.data.name == "gutenberg"
+    assert cfg.train.eval_tokens % 4096 == 0  # a multiple of every context: the same targets
+    if experiment == "table4-scratch":
+        check(cfg)
+        assert cfg.train.max_steps == 4096
+    else:
+        with pytest.raises(UserError, match="train.init_from is required"):
+            check(cfg)
+        assert cfg.train.max_steps == 1024
+
+
+def test_summary_table_and_figure(tmp_path):
+    score = {"run": "r", "protocol": "staged", "context": 4096, "seed": 1, "init_positions": "copy",
+             "train_tokens": 268435456, "val_tokens": 4096 * 3, "val_ppl": 28.4, "val_ppl_ctx1024": 30.1,
+             "val_ppl_sliding": None, "loss_by_position": {"0-63": 3.7, "64-255": 3.4}, "curve": [[1, 30.0], [2, 28.5]],
+             "tokens_per_s": 1.0, "train_time_s": 2.0, "attention": "flash"}
+    (tmp_path / "a.json").write_text(json.dumps(score))
+    table4.main(["summary", str(tmp_path / "a.json"), "--out", str(tmp_path / "out"), "--meta", '{"device": "x"}'])
+    summ = json.loads((tmp_path / "out/summary.json").read_text())
+    assert summ["meta"] == {"device": "x"} and summ["runs"][0]["val_ppl_ctx1024"] == 30.1
+    assert "| staged 4096 (copy) | 1 | 268M | 28.40 | 30.10 |" in (tmp_path / "out/table.md").read_text()
+    assert (tmp_path / "out/table4.png").stat().st_size > 0
