@@ -46,14 +46,11 @@ def test_train_checkpoint_resume(tmp_path, shared_data):
         assert resumed[step]["train/loss"] == full[step]["train/loss"], step
 
 
-BAD_INPUT = [  # (override, the one line it gets)
+# (override, the one line it gets): checked in-process by training.config.check ...
+CONFIG_ERRORS = [
     ("attention.name=fast", "attention.name='fast' is not one of: naive | sdpa | flash | flash1"),
-    ("data.train_files=missing/*.jsonl", "no data file matches"),
-    ("train.resume=true", "train.resume=true but there is no checkpoint"),
     ("train.resume=maybe", "train.resume='maybe' is not one of: true | false | auto"),
     ("train.parallel=zero3", "train.parallel='zero3' is not one of: ddp | fsdp"),
-    ("train.micro_batch_tokens=100", "must be a multiple of context"),
-    ("context=0", "context=0: a positive whole number is needed"),
     ("context=-128", "context=-128: a positive whole number is needed"),
     ("train.lr=-1", "train.lr=-1: a number >= 0 is needed"),
     ("train.dtype=fp8", "train.dtype='fp8' is not one of: bfloat16 | float16 | float32"),
@@ -63,15 +60,39 @@ BAD_INPUT = [  # (override, the one line it gets)
     ("train.min_lr=1", "train.min_lr=1 is above train.lr="),
     ("train.allow_changes=[context]", "train.allow_changes names 'context'"),
     ("train.init_positions=stretch", "train.init_positions='stretch' is not one of: copy | interpolate"),
+    ("train.steps_per_run=0", "train.steps_per_run=0: a positive whole number or null is needed"),
+    ("model.n_head=5", "model.n_embd=64 is not a multiple of model.n_head=5"),
+]
+# ... and through train.py, as a user meets them: one line on stderr, exit 2, nothing written.
+BAD_INPUT = [
+    ("context=0", "context=0: a positive whole number is needed"),
+    ("data.train_files=missing/*.jsonl", "no data file matches"),
+    ("train.resume=true", "train.resume=true but there is no checkpoint"),
+    ("train.micro_batch_tokens=100", "must be a multiple of context"),
     ("data.val_fraction=0.0", "leaves an empty split; set data.val_files or another data.val_fraction"),
     ("data.text_field=body", "no string field 'body' (data.text_field)"),
+    ("experiment=finetune", "train.init_from is required here"),
 ]
+
+
+@pytest.mark.parametrize("override,message", CONFIG_ERRORS)
+def test_config_errors_name_the_key(override, message):
+    from hydra import compose, initialize_config_dir
+    from training.config import UserError, check
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", [o for o in SMALL if o != "experiment=smoke"] + ["experiment=smoke", override])
+    with pytest.raises(UserError) as e:
+        check(cfg)
+    assert message in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("override,message", BAD_INPUT)
 def test_bad_input_is_one_clear_line(tmp_path, shared_data, override, message):
     """One line on stderr naming the key, exit 2, nothing written in the run directory."""
-    r = run(tmp_path, "train.max_steps=1", "train.warmup_steps=0", override)
+    overrides = ["train.max_steps=1", "train.warmup_steps=0", override]
+    r = run(tmp_path, *overrides) if not override.startswith("experiment=") else subprocess.run(
+        [sys.executable, "train.py", override, f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True,
+        text=True, timeout=300)
     assert r.returncode == 2, r.stderr[-3000:]
     assert message in r.stderr and "Traceback" not in r.stderr
     assert len([l for l in r.stderr.splitlines() if l.startswith("error: ")]) == 1
