@@ -23,7 +23,7 @@ def test_ddp_two_ranks_with_accumulation_follow_one_rank(tmp_path, reference_run
     steps = [m["step"] for m in read_metrics(tmp_path / "run") if "train/loss" in m]
     assert steps == list(range(1, 13))
     assert len(list((tmp_path / "run/wandb").glob("offline-run-*"))) == 1
-    assert r.stdout.count("step     12 | loss") == 1
+    assert r.stdout.count("step 12/12 | loss") == 1
 
 
 def test_fsdp_two_ranks_then_one_rank_from_its_checkpoint(tmp_path, reference_run):

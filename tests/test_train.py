@@ -148,12 +148,12 @@ def test_clip_folded_into_fused_adamw_equals_clip_grad_norm(max_norm):
 
 
 @pytest.mark.parametrize("context", [64, 128])
-def test_finetune_from_a_checkpoint(tmp_path, tiny_run, context):
+def test_finetune_from_a_checkpoint(tmp_path, tiny_run, context, shared_data):
     """experiment=finetune: the parent's weights (positions extended at a longer context), a
     fresh optimizer and schedule, other data; the first loss continues the parent's curve."""
     cmd = [sys.executable, "train.py", "experiment=finetune", "model=gpt2-tiny", f"context={context}",
            "train.device=cpu", f"train.init_from={tiny_run}", "data=local",
-           "data.train_files=[webtext-sample/webtext_sample.jsonl.xz]", "data.max_docs=300", "data.val_fraction=0.1",
+           f"data.train_files=[{shared_data}/webtext-sample/webtext_sample.jsonl.xz]", "data.max_docs=300", "data.val_fraction=0.1",
            f"data.cache_dir={tmp_path / 'cache'}", "train.batch_tokens=1024", "train.micro_batch_tokens=512",
            "train.max_steps=4", "train.warmup_steps=2", "train.log_every=1", "train.eval_tokens=4096",
            "wandb.mode=offline", f"hydra.run.dir={tmp_path / 'ft'}"]
