@@ -204,11 +204,11 @@ def tokenize_file(path, text_field, cache, name, threads=None):
 
 
 def _cached_entries(cache):
-    """{source path (as its pattern named it): [verified entry metadata]} of every cached file."""
+    """{source path (as its pattern named it): [entry metadata, not yet verified]} of every cached file."""
     found = {}
     for meta_path in sorted((Path(cache) / "files").glob("*.json")):
-        meta = verified(meta_path.with_suffix(".bin"))
-        if meta:
+        meta = _read_meta(meta_path)
+        if meta and "source" in meta:
             found.setdefault(meta["source"], []).append({**meta, "bin": str(meta_path.with_suffix(".bin"))})
     return found
 
@@ -230,8 +230,11 @@ def _file_entries(patterns, root, text_field, cache, key):
             if name in found:
                 entries.append((pat, tokenize_file(found[name], text_field, cache, name)))
                 continue
-            metas = [m for m in absent[name] if m.get("text_field") == text_field]
-            if len(metas) != 1:
+            metas = [m for m in absent[name] if m.get("text_field") == text_field and verified(m["bin"])]
+            if not metas:
+                raise FileNotFoundError(f"{name} (data.{key}) is absent and its cached tokens under {cache}/files "
+                                        "fail their checksum: put the file back")
+            if len(metas) > 1:
                 raise FileNotFoundError(f"{name} (data.{key}) is absent and {len(metas)} cached versions of it "
                                         f"exist under {cache}/files: put the file back or delete the stale entries")
             stood_in.append(name)

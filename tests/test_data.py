@@ -90,8 +90,8 @@ def test_absent_sources_are_taken_from_their_verified_cache(tmp_path, capfd):
     entry = next((tmp_path / "cache" / "files").glob("b0.jsonl.xz-*.bin"))
     with open(entry, "r+b") as f:
         f.write(b"\x00\x01")
-    with pytest.raises(FileNotFoundError, match="no data file matches"):
-        prepare(local_cfg(tmp_path, tmp_path, train_files="books/b0.jsonl.xz"))
+    with pytest.raises(FileNotFoundError, match="books/b0.jsonl.xz .* is absent and its cached tokens .* fail their checksum"):
+        prepare(cfg)
 
 
 @pytest.mark.parametrize("content,match", [
