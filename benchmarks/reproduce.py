@@ -34,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks import kernel_figures  # noqa: E402
-from benchmarks.compare_runs import compare, load_dir  # noqa: E402
+from benchmarks.compare_runs import _num, compare, load_dir  # noqa: E402
 
 TABLE2 = [  # name, overrides; the first is the baseline
     ("hf-eager", ["model.impl=hf", "attention=naive", "train.compile=false"]),
@@ -148,7 +148,7 @@ def table4_summary(rows):
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['run']} | {r['context']} | {r['tokens']:,} | {math.exp(r['val_loss']):.2f} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x | {r['peak_mem_gb']:.2f} |")
+                     f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x | {_num(r['peak_mem_gb'], '{:.2f}')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -12,7 +12,7 @@ def test_reproduce_toy_budget(tmp_path, shared_data, monkeypatch, capsys):
     args = [str(out), "--budget", "toy", "--only", "table2,table4", "--set", f"data.cache_dir={tmp_path / 'cache'}"]
     main(args)
     report = (out / "report.md").read_text()
-    for needed in ("## Table 2", "| hf-eager | hf | naive | off |", "| standard-eager | ours | naive | off |",
+    for needed in ("## Table 2", "| hf-eager | cpu | hf | naive | off |", "| standard-eager | cpu | ours | naive | off |",
                    "## Table 4", "| flash-256 | 256 |", "The paper's Table 4 (quoted)", "time to val loss"):
         assert needed in report, needed
     rows = json.loads((out / "table2/compare.json").read_text())

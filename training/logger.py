@@ -8,8 +8,12 @@ wandb runs of different contexts and speeds line up on tokens seen and on traini
 import json
 import os
 import statistics
+import time
 
 from omegaconf import OmegaConf
+
+
+RETRIES = 30  # 2 s apart: wandb-core of a killed run lets go of its run id within seconds
 
 
 class Logger:
@@ -27,9 +31,18 @@ class Logger:
         import wandb
         if mode == "auto":
             mode = os.environ.get("WANDB_MODE") or ("online" if wandb.login(prompt=False, verify=False) else "offline")
-        self.wandb = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
-                                name=cfg.wandb.name, tags=list(cfg.wandb.tags), mode=mode, dir=str(out_dir),
-                                config=OmegaConf.to_container(cfg, resolve=True), id=run_id, resume="allow")
+        for attempt in range(RETRIES + 1):
+            try:
+                self.wandb = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
+                                        name=cfg.wandb.name, tags=list(cfg.wandb.tags), mode=mode, dir=str(out_dir),
+                                        config=OmegaConf.to_container(cfg, resolve=True), id=run_id, resume="allow")
+                break
+            except Exception as e:
+                # A run resumed right after its process was killed (kill -9, a lost node): wandb's
+                # service process of the dead run holds the run id until it notices its parent is gone.
+                if "in use" not in str(e) or attempt == RETRIES:
+                    raise
+                time.sleep(2)
         # Runs of different contexts and speeds line up on tokens seen and on training time.
         self.wandb.define_metric("tokens_seen")
         self.wandb.define_metric("train_time_s")
