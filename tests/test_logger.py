@@ -43,3 +43,23 @@ def test_auto_mode_prints_no_deprecation_warning(tmp_path, monkeypatch, capfd):
     log.close()
     out, err = capfd.readouterr()
     assert "deprecated" not in out + err
+
+
+def test_a_run_id_still_held_by_a_killed_run_falls_back_to_a_new_wandb_run(tmp_path, monkeypatch, capfd):
+    """After kill -9, the dead run's wandb service may hold the run id a resumed run asks for."""
+    import wandb
+
+    from training import logger
+    real_init, calls = wandb.init, []
+
+    def init(**kw):
+        calls.append(kw.get("id"))
+        if kw.get("id") == "held":
+            raise RuntimeError("run ID held is in use")
+        return real_init(**kw)
+    monkeypatch.setattr(wandb, "init", init)
+    monkeypatch.setattr(logger.time, "sleep", lambda s: None)
+    log = Logger(OmegaConf.merge(CFG, {"wandb": {"mode": "offline"}}), tmp_path, "held")
+    log.close()
+    assert calls == ["held"] * (logger.RETRIES + 1) + [None] and log.run_id != "held"
+    assert f"run id held is still held (its process was killed?); logging to a new wandb run {log.run_id}" in capfd.readouterr().err

@@ -8,12 +8,13 @@ wandb runs of different contexts and speeds line up on tokens seen and on traini
 import json
 import os
 import statistics
+import sys
 import time
 
 from omegaconf import OmegaConf
 
 
-RETRIES = 30  # 2 s apart: wandb-core of a killed run lets go of its run id within seconds
+RETRIES = 5  # 2 s apart, before a resumed run gives up its wandb run id
 
 
 class Logger:
@@ -31,17 +32,23 @@ class Logger:
         import wandb
         if mode == "auto":
             mode = os.environ.get("WANDB_MODE") or ("online" if wandb.login(prompt=False, verify=False) else "offline")
+        init = dict(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group, name=cfg.wandb.name,
+                    tags=list(cfg.wandb.tags), mode=mode, dir=str(out_dir), config=OmegaConf.to_container(cfg, resolve=True))
         for attempt in range(RETRIES + 1):
             try:
-                self.wandb = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
-                                        name=cfg.wandb.name, tags=list(cfg.wandb.tags), mode=mode, dir=str(out_dir),
-                                        config=OmegaConf.to_container(cfg, resolve=True), id=run_id, resume="allow")
+                self.wandb = wandb.init(**init, id=run_id, resume="allow")
                 break
             except Exception as e:
-                # A run resumed right after its process was killed (kill -9, a lost node): wandb's
-                # service process of the dead run holds the run id until it notices its parent is gone.
-                if "in use" not in str(e) or attempt == RETRIES:
+                # A run resumed right after its process was killed (kill -9): wandb's service
+                # process of the dead run may still hold the run id. Wait a little, then log to a
+                # new wandb run (metrics.jsonl continues either way).
+                if "in use" not in str(e) or run_id is None:
                     raise
+                if attempt == RETRIES:
+                    self.wandb = wandb.init(**init)
+                    print(f"wandb: run id {run_id} is still held (its process was killed?); logging to a new wandb "
+                          f"run {self.wandb.id}", file=sys.stderr, flush=True)
+                    break
                 time.sleep(2)
         # Runs of different contexts and speeds line up on tokens seen and on training time.
         self.wandb.define_metric("tokens_seen")
