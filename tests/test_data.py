@@ -197,3 +197,14 @@ def test_prefetched_batches_are_the_same_sequence_and_resume(shared_data, tmp_pa
         assert torch.equal(next(resumed)[0], next(plain)[0])
     ahead.close()
     resumed.close()
+
+
+def test_no_bpe_files_offline_is_one_line_naming_the_variable(monkeypatch):
+    import tiktoken
+
+    def offline(name):
+        raise ConnectionError("Failed to resolve 'openaipublic.blob.core.windows.net'")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(DataError, match="set TIKTOKEN_CACHE_DIR") as e:
+        tokenizer()
+    assert "\n" not in str(e.value)
