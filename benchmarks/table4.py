@@ -106,7 +106,23 @@ def summary(paths, meta):
             "val_ppl_sliding", "loss_by_position", "curve", "tokens_per_s", "train_time_s", "attention", "run")
     runs = sorted(({k: r.get(k) for k in keys} for r in runs),
                   key=lambda r: (r["protocol"], r["context"], r["init_positions"] or "", r["seed"]))
-    return {"meta": meta, "runs": runs}
+    return {"meta": meta, "runs": runs, "by_config": by_config(runs)}
+
+
+def by_config(runs):
+    """Runs of one configuration over seeds: each seed's ppl, and its ratio to the control of the
+    same seed and the same training tokens (the paired comparison: both share the parent weights)."""
+    controls = {(r["seed"], r["train_tokens"]): r["val_ppl"] for r in runs if r["protocol"] == "control"}
+    groups = {}
+    for r in runs:
+        groups.setdefault(label(r), []).append(r)
+    out = []
+    for name, rs in groups.items():
+        ratios = [r["val_ppl"] / controls[k] for r in rs if (k := (r["seed"], r["train_tokens"])) in controls]
+        out.append({"config": name, "train_tokens": rs[0]["train_tokens"], "seeds": [r["seed"] for r in rs],
+                    "val_ppl": [r["val_ppl"] for r in rs], "val_ppl_mean": statistics.fmean(r["val_ppl"] for r in rs),
+                    "ratio_to_control": ratios if len(ratios) == len(rs) else None})
+    return out
 
 
 def data_paths(data):
@@ -138,6 +154,12 @@ def table(summ):
                      f"{fmt(r['val_ppl_ctx1024'])} | {fmt(r['val_ppl_sliding'])} | "
                      + " | ".join(fmt(r["loss_by_position"].get(b), "{:.3f}") for b in buckets)
                      + f" | {fmt(r['tokens_per_s'], '{:,.0f}')} |")
+    lines += ["", "| configuration | train tokens | seeds | val ppl, each seed | mean | ppl / the same seed's control |",
+              "|---|---|---|---|---|---|"]
+    for c in summ["by_config"]:
+        ratios = ", ".join(f"{x:.3f}" for x in c["ratio_to_control"]) if c["ratio_to_control"] else ""
+        lines.append(f"| {c['config']} | {c['train_tokens'] / 1e6:.0f}M | {', '.join(map(str, c['seeds']))} | "
+                     f"{', '.join(f'{v:.2f}' for v in c['val_ppl'])} | {c['val_ppl_mean']:.2f} | {ratios} |")
     return "\n".join(lines)
 
 

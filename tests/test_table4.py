@@ -59,9 +59,19 @@ def test_summary_table_and_figure(tmp_path):
              "train_tokens": 268435456, "val_tokens": 4096 * 3, "val_ppl": 28.4, "val_ppl_ctx1024": 30.1,
              "val_ppl_sliding": None, "loss_by_position": {"0-63": 3.7, "64-255": 3.4}, "curve": [[1, 30.0], [2, 28.5]],
              "tokens_per_s": 1.0, "train_time_s": 2.0, "attention": "flash"}
-    (tmp_path / "a.json").write_text(json.dumps(score))
-    table4.main(["summary", str(tmp_path / "a.json"), "--out", str(tmp_path / "out"), "--meta", '{"device": "x"}'])
+    control = {**score, "run": "c", "protocol": "control", "context": 1024, "init_positions": "copy",
+               "val_ppl": 29.6, "val_ppl_ctx1024": None, "val_ppl_sliding": 28.2}
+    other_seed = {**score, "run": "s2", "seed": 2, "val_ppl": 28.6}   # no control of seed 2
+    for name, s in (("a", score), ("c", control), ("s2", other_seed)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(s))
+    table4.main(["summary", *(str(tmp_path / f"{n}.json") for n in "a c s2".split()), "--out", str(tmp_path / "out"),
+                 "--meta", '{"device": "x"}'])
     summ = json.loads((tmp_path / "out/summary.json").read_text())
-    assert summ["meta"] == {"device": "x"} and summ["runs"][0]["val_ppl_ctx1024"] == 30.1
-    assert "| staged 4096 (copy) | 1 | 268M | 28.40 | 30.10 |" in (tmp_path / "out/table.md").read_text()
+    assert summ["meta"] == {"device": "x"} and summ["runs"][-2]["val_ppl_ctx1024"] == 30.1
+    staged = next(c for c in summ["by_config"] if c["config"] == "staged 4096 (copy)")
+    assert staged["seeds"] == [1, 2] and staged["val_ppl_mean"] == pytest.approx(28.5)
+    assert staged["ratio_to_control"] is None      # seed 2 has no control: no half-paired ratio
+    table = (tmp_path / "out/table.md").read_text()
+    assert "| staged 4096 (copy) | 1 | 268M | 28.40 | 30.10 |" in table
+    assert "| control 1024 | 268M | 1 | 29.60 | 29.60 | 1.000 |" in table
     assert (tmp_path / "out/table4.png").stat().st_size > 0
