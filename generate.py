@@ -21,7 +21,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from model.generation import generate
-from model.pretrained import load_model
+from training.weights import load_model
 
 
 def run(cfg):

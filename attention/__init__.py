@@ -8,6 +8,11 @@ bottom-right (query i sees key j <= i + N_k - N_q) in every backend.
     from attention import get_attention
     attn = get_attention("sdpa", kernel="flash")
 
+Options (`attention.options` in the Hydra config) are the backend's own, declared in its
+module's OPTIONS (name -> allowed values): keyword arguments of its function (sdpa's kernel), or,
+for a module with `configure` (flash's launch options: autotuning, TMA, ...), its process-wide
+launch configuration.
+
 With packed=True the function takes qkv (batch, N, 3, heads, head_dim) instead, the fused
 projection's output viewed so. Backends with a packed entry point (PACKED) return the gradient
 in that one tensor; the others unbind it, and autograd stacks their three gradients back (a
@@ -29,14 +34,23 @@ BACKENDS = {
 PACKED = {"flash": ("attention.flash", "flash_attention_qkvpacked")}
 
 
+def options_of(name):
+    """The options backend `name` takes: name -> allowed values (the first its default)."""
+    return getattr(importlib.import_module(BACKENDS[name][0]), "OPTIONS", {})
+
+
 def get_attention(name, packed=False, **options):
-    """The attention function called `name`, with backend options (e.g. sdpa's kernel) bound;
-    packed: the one taking qkv packed (see above)."""
+    """The attention function called `name` with its options applied (see above); packed: the
+    one taking qkv packed."""
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; available: {', '.join(BACKENDS)}")
     module, fn = PACKED[name] if packed and name in PACKED else BACKENDS[name]
-    fn = getattr(importlib.import_module(module), fn)
-    fn = functools.partial(fn, **options) if options else fn
+    module = importlib.import_module(module)
+    fn = getattr(module, fn)
+    if hasattr(module, "configure"):
+        module.configure(**options)
+    elif options:
+        fn = functools.partial(fn, **options)
     return functools.partial(_unpacking, fn) if packed and name not in PACKED else fn
 
 

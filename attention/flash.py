@@ -40,6 +40,7 @@ Tensor layout is (batch, seq, heads, head_dim), the layout a fused QKV projectio
 so the model never transposes; any strides are accepted as long as head_dim is contiguous.
 """
 
+import functools
 import math
 import os
 import threading
@@ -255,23 +256,6 @@ def _row_delta(o, do, dLSE_row, offs_m, row_ok, HAS_DLSE: tl.constexpr):
 
 
 @triton.jit
-def bwd_delta_kernel(O, dO, dLSE, Delta, stride_ob, stride_on, stride_oh, stride_dob, stride_don, stride_doh,
-                     H, N_Q, HAS_DLSE: tl.constexpr, D: tl.constexpr, B_r: tl.constexpr):
-    """D as a pass of its own, for FA1's backward (FA2's dQ kernel computes it in its prologue)."""
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    offs_m = tl.program_id(0) * B_r + tl.arange(0, B_r)
-    offs_d = tl.arange(0, D)
-    row_ok = offs_m < N_Q
-    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :],
-                mask=row_ok[:, None], other=0.0)
-    do = tl.load(dO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :],
-                 mask=row_ok[:, None], other=0.0)
-    tl.store(Delta + bh * N_Q + offs_m, _row_delta(o, do, dLSE + bh * N_Q, offs_m, row_ok, HAS_DLSE), mask=row_ok)
-
-
-@triton.jit
 def _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE_row, Delta_row, stride_qn, stride_don,
                     start, end, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p,
                     MASKED: tl.constexpr, DROPOUT: tl.constexpr, B_r: tl.constexpr):
@@ -413,6 +397,60 @@ def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr, O, dLSE,
 
 
 # --------------------------------------------------------------------------------------------
+# launch options: how the kernels are launched, never what they compute
+# --------------------------------------------------------------------------------------------
+# name -> allowed values, the first the default. Set by `configure` (attention.options in the
+# Hydra config); the environment overrides them (see _from_environment).
+OPTIONS = {
+    "autotune": (True, False),           # tune tiles per shape bucket; False: one fixed config a kernel
+    "tuning_cache": (True, False),       # keep tuning results in Triton's cache dir for later processes
+    "tma": ("auto", "always", "never"),  # the TMA forward: on Hopper | wherever legal (interpreter too) | never
+    "wide": ("auto", "always"),          # int64 offsets where some tensor spans 2^31 elements | always
+    "fast_launch": (True, False),        # reuse a compiled kernel per argument signature (see _launch)
+}
+ENVIRONMENT = {"autotune": "FLASH_AUTOTUNE", "tuning_cache": "FLASH_TUNING_CACHE", "tma": "FLASH_TMA",
+               "wide": "FLASH_WIDE", "fast_launch": "FLASH_FAST_LAUNCH"}
+options = {}  # the options in force (configure)
+
+
+def _from_environment():
+    """Options the environment sets, each variable 0 or 1: FLASH_AUTOTUNE=0 (the GPU test grid
+    would otherwise tune hundreds of shapes), FLASH_TUNING_CACHE=0 (tune in every process),
+    FLASH_TMA=0 | 1 (tma never | always), FLASH_WIDE=1 (wide always), FLASH_FAST_LAUNCH=0
+    (Triton's generic launch, to time the difference)."""
+    values = {"tma": ("never", "always"), "wide": ("auto", "always")}
+    out = {}
+    for key, var in ENVIRONMENT.items():
+        v = os.environ.get(var)
+        if v is None:
+            continue
+        if v not in ("0", "1"):
+            raise ValueError(f"{var}={v!r}: 0 or 1")
+        out[key] = values.get(key, (False, True))[int(v)]
+    return out
+
+
+def configure(**given):
+    """Sets the launch options (OPTIONS) for the process: the caches of compiled kernels and
+    tuned tiles are process-wide, so the options are too; a change empties those caches. Keys
+    not given take their defaults; the environment overrides both. Under the CPU interpreter
+    the kernels run one small fixed config, launched the generic way."""
+    for key, value in given.items():
+        if key not in OPTIONS:
+            raise ValueError(f"flash: no launch option {key!r}; the options are {', '.join(OPTIONS)}")
+        if value not in OPTIONS[key] or isinstance(value, bool) != isinstance(OPTIONS[key][0], bool):
+            raise ValueError(f"flash: {key}={value!r} is not one of: {' | '.join(map(str, OPTIONS[key]))}")
+    new = {**{k: v[0] for k, v in OPTIONS.items()}, **given, **_from_environment()}
+    if INTERPRET:
+        new.update(autotune=False, fast_launch=False)
+    if new != options:
+        options.clear()
+        options.update(new)
+        _COMPILED.clear()
+        _tuned.clear()
+
+
+# --------------------------------------------------------------------------------------------
 # launch configuration: autotuned on GPU, one small fixed config under the CPU interpreter
 # --------------------------------------------------------------------------------------------
 def _cfg(b_r, b_c, warps, stages, **constexprs):
@@ -421,7 +459,7 @@ def _cfg(b_r, b_c, warps, stages, **constexprs):
 
 def _fits(cfg, d):
     """Tiles whose fp32 accumulators fit in registers at head dim d (at 128, 8 warps hold
-    a 128 x 128 tile: the best forward tile there on the H100)."""
+    a 128 x 128 tile)."""
     max_tile = {16: 128 * 128, 32: 128 * 128, 64: 128 * 128, 128: 128 * 64, 256: 64 * 64}[d]
     return cfg.kwargs["B_r"] * cfg.kwargs["B_c"] <= max_tile * (2 if d == 128 and cfg.num_warps == 8 else 1)
 
@@ -438,11 +476,6 @@ def _fixed_config(kernel, d):
             "dq": dict(B_r=128 if d <= 64 else 64, B_c=32, num_warps=4, num_stages=3)}[kernel]
 
 
-# FLASH_AUTOTUNE=0 skips autotuning (the correctness grid compiles hundreds of variants).
-AUTOTUNE = not INTERPRET and os.environ.get("FLASH_AUTOTUNE", "1") != "0"
-# Tuning results persist in Triton's cache directory (~/.triton/cache, $TRITON_CACHE_DIR), so a
-# shape tuned once is not tuned again by the next process (FLASH_TUNING_CACHE=0: tune every time).
-TUNING_CACHE = os.environ.get("FLASH_TUNING_CACHE", "1") != "0"
 CONFIGS = {
     "fwd": [_cfg(*tiles, TMA=False) for tiles in [(128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 8, 3), (128, 64, 8, 4),
             (128, 128, 8, 3), (128, 128, 4, 3), (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2)]],
@@ -451,13 +484,13 @@ CONFIGS = {
     "dq": [_cfg(128, 32, 4, 3), _cfg(128, 32, 4, 5), _cfg(128, 64, 8, 3), _cfg(64, 32, 4, 3),
            _cfg(64, 64, 4, 3), _cfg(64, 16, 4, 2), _cfg(32, 32, 4, 2)],
 }
-# Hopper (sm90): the forward may also load Q, K and V through TMA tensor descriptors. Measured
-# on the H100 (notes.md): ~15% faster at head dim 128, even to slower at 64 and short N, so
-# these configs join the pointer ones and the autotuner chooses per shape.
+# Hopper (sm90): the forward may also load Q, K and V through TMA tensor descriptors. It wins
+# at some shapes and loses at others (benchmarks/results/h100/notes.md), so these configs join
+# the pointer ones and the autotuner chooses per shape.
 HOPPER_FWD = [_cfg(128, 128, 8, 3, TMA=True), _cfg(128, 64, 8, 4, TMA=True), _cfg(128, 128, 4, 3, TMA=True),
               _cfg(128, 64, 4, 3, TMA=True)]
 KERNELS = {"fwd": flash2_fwd_kernel, "dkdv": flash2_bwd_dkdv_kernel, "dq": flash2_bwd_dq_kernel}
-_tuned = {}
+_tuned = {}  # (kernel, head dim, TMA) -> its autotuner
 
 
 # Decoding with a KV cache (a few queries against a cache that grows by one each step): the
@@ -471,9 +504,9 @@ def _kernel(name, d, decode=False, tma=False):
     """The kernel to launch and its fixed launch parameters: with autotuning, one autotuner per
     head dim (and with or without the TMA configs) over the configs that fit it (a plain config
     list, which Inductor can also read)."""
-    if decode and AUTOTUNE:
+    if decode and options["autotune"]:
         return KERNELS[name], DECODE_CONFIG
-    if not AUTOTUNE:
+    if not options["autotune"]:
         return KERNELS[name], {**_fixed_config(name, d), **({"TMA": tma} if name == "fwd" else {})}
     if (name, d, tma) not in _tuned:
         configs = [c for c in CONFIGS[name] + (HOPPER_FWD if tma else []) if _fits(c, d)]
@@ -484,37 +517,34 @@ def _kernel(name, d, decode=False, tma=False):
         # length in a known bucket (a prompt, evaluation at another context) is not tuned again.
         _tuned[name, d, tma] = triton.autotune(configs, key=["NQ_BUCKET", "NK_BUCKET", "BH_BUCKET", "CAUSAL", "DROPOUT",
                                                              "D", "WIDE"],
-                                               cache_results=TUNING_CACHE)(KERNELS[name])
+                                               cache_results=options["tuning_cache"])(KERNELS[name])
     return _tuned[name, d, tma], {}
 
 
-# FLASH_TMA=0: never the TMA forward; FLASH_TMA=1: wherever descriptors are legal, GPUs other
-# than Hopper and the CPU interpreter included (how the CPU tests reach it).
-FORCE_TMA = os.environ.get("FLASH_TMA") == "1"
-NO_TMA = os.environ.get("FLASH_TMA") == "0"
-_HOPPER = {}
-_ALLOCATOR_SET = threading.local()
+@functools.cache
+def _device(device):
+    """(is Hopper, number of SMs) of a CUDA device, asked once."""
+    props = torch.cuda.get_device_properties(device)
+    return props.major == 9, props.multi_processor_count
 
 
 def tma_ok(*tensors):
-    """Whether the TMA forward may read these tensors: on Hopper (or forced), every (batch,
+    """Whether the TMA forward may read these tensors: on Hopper (or tma=always), every (batch,
     head) matrix starting 16-byte aligned with 16-byte aligned row strides, as the copy engine
     requires."""
-    if NO_TMA:
+    if options["tma"] == "never":
         return False
     device = tensors[0].device
-    if not FORCE_TMA:
-        if device.type != "cuda":
-            return False
-        if device not in _HOPPER:
-            _HOPPER[device] = torch.cuda.get_device_capability(device)[0] == 9
-        if not _HOPPER[device]:
-            return False
+    if options["tma"] == "auto" and (device.type != "cuda" or not _device(device)[0]):
+        return False
     return all(t.data_ptr() % 16 == 0 and all(st * t.element_size() % 16 == 0 for st in t.stride()[:3]) for t in tensors)
 
 
 def _scratch(size, alignment, stream):
     return torch.empty(size, dtype=torch.int8, device="cuda" if not INTERPRET else "cpu")
+
+
+_ALLOCATOR_SET = threading.local()
 
 
 def _ensure_allocator():
@@ -530,66 +560,53 @@ def _ensure_allocator():
 # host launch path
 # --------------------------------------------------------------------------------------------
 _COMPILED = {}  # launch signature -> (compiled kernel, trailing constexpr arguments, tile size, TMA)
-# FLASH_FAST_LAUNCH=0 keeps Triton's generic launch path (to time the difference).
-FAST_LAUNCH = not INTERPRET and os.environ.get("FLASH_FAST_LAUNCH", "1") != "0"
 
 
-def _signature(wrap, *tensors):
+def _signature(*tensors):
     """The launch signature of the tensors the caller did not allocate: what Triton specializes
     a compiled kernel on (dtype, device, 16-byte alignment, and through the strides and shapes,
     every integer argument; outputs allocated here are contiguous, so theirs follow from the
-    shapes). None, so no caching, inside a triton_op (its fake tensors have no data pointer)
-    or with FLASH_FAST_LAUNCH=0."""
-    if not FAST_LAUNCH or wrap is not None:
+    shapes). None (no caching) with fast_launch off."""
+    if not options["fast_launch"]:
         return None
     return tensors[0].get_device(), *[(t.dtype, t.shape, t.stride(), t.data_ptr() % 16 == 0) for t in tensors]
-
-
-# FLASH_WIDE=1 takes the 64-bit index path at any size (how the CPU tests reach it).
-FORCE_WIDE = os.environ.get("FLASH_WIDE") == "1"
 
 
 def wide(*tensors):
     """Whether any offset into these tensors can reach 2^31 (the largest is the sum over dims
     of (size - 1) x stride), so the kernels must index in int64."""
-    return FORCE_WIDE or any(sum((n - 1) * s for n, s in zip(t.shape, t.stride())) >= 2**31 - 1 for t in tensors)
+    return options["wide"] == "always" or any(sum((n - 1) * s for n, s in zip(t.shape, t.stride())) >= 2**31 - 1
+                                              for t in tensors)
 
 
 def bucket(n):
     """n rounded up to a power of two: the kernels ignore these arguments, the autotuner keys on
     them. Keyed on batch x heads because tiles tuned at batch 1 (small: more programs for the
-    SMs) were reused at batch 32, where they lose; keyed on buckets of N instead of N because
-    tuning every new length cost seconds per prompt length in generation and per length in a
-    sweep (benchmarks/results/h100/notes.md)."""
+    SMs) lose at batch 32; keyed on buckets of N instead of N because tuning every new length
+    cost seconds per prompt length in generation and per length in a sweep
+    (benchmarks/results/h100/notes.md)."""
     return 1 << max(0, n - 1).bit_length()
-
-
-_SMS = {}
 
 
 def heads_outer(device, batch_heads, causal):
     """Program order (see _schedule): heads outermost, for L2 reuse, unless causal masking
     makes longest-first across heads worth more: while one wave of programs (two per SM)
-    holds a block of every head. Measured on the H100 (notes.md): heads outermost +3-20%
-    non-causal, +13-17% causal at batch x heads 384; -4 to -8% causal at batch x heads 12-48."""
+    holds a block of every head (measured on the H100: benchmarks/results/h100/notes.md)."""
     if not causal or device.type != "cuda":
         return True
-    if device not in _SMS:
-        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return batch_heads > 2 * _SMS[device]
+    return batch_heads > 2 * _device(device)[1]
 
 
-def _launch(name, D, n, tile, batch_heads, args, constexprs, signature, wrap=None):
+def _launch(name, D, n, tile, batch_heads, args, constexprs, signature):
     """Launches kernel `name` on a 1-D grid of batch_heads x cdiv(n, tile size) programs
     (`_schedule` maps a program to its head and block); `tile` names the
     tile dimension that cuts n ("B_r" or "B_c").
 
     Triton's generic launch (autotuner dispatch, argument binding, cache-key hashing) costs
     more host time than a GPT-2-size kernel takes on the GPU (notes.md). So after the first
-    launch with the same constexprs and `signature` (see _signature), eager calls reuse
-    its compiled kernel and tuned tiles directly. Inside a triton_op, `wrap` (wrap_triton)
-    hands the launch to torch.compile instead."""
-    key = None if signature is None else (name, FORCE_WIDE, FORCE_TMA, *constexprs.values(), signature)
+    launch with the same constexprs and `signature` (see _signature), calls reuse its compiled
+    kernel and tuned tiles directly."""
+    key = None if signature is None else (name, *constexprs.values(), signature)
     hit = _COMPILED.get(key)  # never under None
     if hit is not None:
         compiled, tail, block, tma = hit
@@ -602,13 +619,12 @@ def _launch(name, D, n, tile, batch_heads, args, constexprs, signature, wrap=Non
     constexprs = {**constexprs, "WIDE": wide(*(a for a in args if isinstance(a, torch.Tensor))),
                   "HEADS_OUTER": heads_outer(args[0].device, batch_heads, constexprs["CAUSAL"])}
     decode = name == "fwd" and n <= DECODE_MAX_N_Q
-    # The TMA forward only in eager launches: Inductor passes no descriptor scratch (pytorch#148052).
-    tma = name == "fwd" and not decode and wrap is None and tma_ok(*args[:3])
+    tma = name == "fwd" and not decode and tma_ok(*args[:3])
     if tma:
         _ensure_allocator()
     kernel, tiles = _kernel(name, D, decode, tma)
     grid = lambda meta: (batch_heads * triton.cdiv(n, meta[tile]),)  # noqa: E731
-    compiled = (wrap(kernel) if wrap else kernel)[grid](*args, **constexprs, **tiles)
+    compiled = kernel[grid](*args, **constexprs, **tiles)
     if key is not None:
         chosen = {**constexprs, **(kernel.best_config.kwargs if hasattr(kernel, "best_config") else tiles)}
         tail = tuple(chosen[p] for p in KERNELS[name].arg_names[len(args):])
@@ -617,10 +633,7 @@ def _launch(name, D, n, tile, batch_heads, args, constexprs, signature, wrap=Non
         _COMPILED[key] = (compiled, tail, chosen[tile], chosen.get("TMA", False))
 
 
-# --------------------------------------------------------------------------------------------
-# torch ops: autograd and torch.compile see these as opaque ops with known output shapes
-# --------------------------------------------------------------------------------------------
-def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, wrap=None):
+def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale):
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -628,157 +641,117 @@ def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, wrap=None):
     _launch("fwd", D, N_q, "B_r", B * H,
             (q, k, v, o, lse, seed, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
              H, bucket(B * H), bucket(N_q), bucket(N_k), N_q, N_k, scale * LOG2E, dropout_p),
-            dict(CAUSAL=causal, DROPOUT=dropout_p > 0, D=D), _signature(wrap, q, k, v, seed), wrap)
+            dict(CAUSAL=causal, DROPOUT=dropout_p > 0, D=D), _signature(q, k, v, seed))
     return o, lse
 
 
-def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, wrap=None, out=None):
-    """(dQ, dK, dV), written into `out` (three views, e.g. of one packed gradient) if given."""
+def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, dq, dk, dv):
+    """Writes dQ, dK, dV into dq, dk, dv (contiguous in head_dim; e.g. views of one packed gradient)."""
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
     do = do if do.stride(-1) == 1 else do.contiguous()
     dlse = None if dlse is None else dlse.contiguous()  # autograd may hand an expanded tensor
-    dq, dk, dv = out or (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
     delta = torch.empty_like(lse)
     args = (q, k, v, do)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
     scalars = (H, bucket(B * H), bucket(N_q), bucket(N_k), N_q, N_k, scale * LOG2E, scale, dropout_p)
     common = dict(CAUSAL=causal, DROPOUT=dropout_p > 0)
-    signature = _signature(wrap, q, k, v, do, seed, *(() if dlse is None else (dlse,)), *(out or ()))
+    signature = _signature(q, k, v, do, seed, *(() if dlse is None else (dlse,)), dq, dk, dv)
     # dQ first: its prologue writes D, which the dK/dV kernel reads.
     _launch("dq", D, N_q, "B_r", B * H,
             (*args, dq, lse, delta, seed, o, lse if dlse is None else dlse,  # a real pointer even when unused
              *strides, *dq.stride()[:3], *o.stride()[:3], *scalars),
-            dict(**common, HAS_DLSE=dlse is not None, D=D), signature, wrap)
+            dict(**common, HAS_DLSE=dlse is not None, D=D), signature)
     _launch("dkdv", D, N_k, "B_c", B * H,
             (*args, dk, dv, lse, delta, seed, *strides, *dk.stride()[:3], *dv.stride()[:3], *scalars),
-            dict(**common, D=D), signature, wrap)
-    return dq, dk, dv
+            dict(**common, D=D), signature)
 
 
-# Two routes to the same launch functions. torch.compile sees custom ops with registered
-# autograd (traced through, no graph break); eager calls take a plain autograd.Function,
-# because the custom-op dispatcher costs more host time per call than the kernels take at
-# GPT-2 sizes (profiled on the H100: benchmarks/results/h100/notes.md).
-# (Outside a triton_op, wrap_triton would re-analyse the kernel on every launch.)
-@torch.library.triton_op("gpt2flash::flash2_fwd", mutates_args={})
-def flash2_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seed: torch.Tensor, causal: bool,
-               dropout_p: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, wrap=torch.library.wrap_triton)
+# --------------------------------------------------------------------------------------------
+# torch ops: one forward and one backward, for separate q, k, v and for packed qkv
+# --------------------------------------------------------------------------------------------
+# `tensors` is [q, k, v] or [qkv]: qkv (B, N, 3, H, d) as the fused projection yields it
+# (flash-attn's qkvpacked). The forward reads Q, K, V as strided views of it, and the backward
+# writes dQ, dK, dV into one packed gradient: with three separate gradients, autograd would
+# stack them back into the projection's layout, a copy of the whole dQKV per layer.
+def _qkv(tensors):
+    return tensors[0].unbind(2) if len(tensors) == 1 else tensors
 
 
-@torch.library.triton_op("gpt2flash::flash2_bwd", mutates_args={})
-def flash2_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
-               lse: torch.Tensor, dlse: torch.Tensor | None, seed: torch.Tensor, causal: bool,
-               dropout_p: float, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, wrap=torch.library.wrap_triton)
+def _contiguous_rows(tensors):
+    return [t if t.stride(-1) == 1 else t.contiguous() for t in tensors]  # whatever layout a compiler hands over
+
+
+def _forward(tensors, seed, causal, dropout_p, scale):
+    return _flash2_fwd(*_qkv(_contiguous_rows(tensors)), seed, causal, dropout_p, scale)
+
+
+def _backward(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale):
+    tensors = _contiguous_rows(tensors)
+    grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
+    _flash2_bwd(do, *_qkv(tensors), o, lse, dlse, seed, causal, dropout_p, scale, *_qkv(grads))
+    return grads
+
+
+# Two routes to the same two functions. torch.compile sees opaque custom ops with registered
+# shapes and autograd (traced through, no graph break; our launch path runs them); eager calls
+# take a plain autograd.Function, because the custom-op dispatcher costs more host time per
+# call than the kernels take at GPT-2 sizes (benchmarks/results/h100/notes.md).
+@torch.library.custom_op("gpt2flash::flash2_fwd", mutates_args=())
+def flash2_fwd(tensors: list[torch.Tensor], seed: torch.Tensor, causal: bool, dropout_p: float,
+               scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(tensors, seed, causal, dropout_p, scale)
+
+
+@flash2_fwd.register_fake
+def _(tensors, seed, causal, dropout_p, scale):
+    B, N, H, D = _qkv(tensors)[0].shape
+    return tensors[0].new_empty(B, N, H, D), tensors[0].new_empty(B, H, N, dtype=torch.float32)
+
+
+@torch.library.custom_op("gpt2flash::flash2_bwd", mutates_args=())
+def flash2_bwd(do: torch.Tensor, tensors: list[torch.Tensor], o: torch.Tensor, lse: torch.Tensor,
+               dlse: torch.Tensor | None, seed: torch.Tensor, causal: bool, dropout_p: float,
+               scale: float) -> list[torch.Tensor]:
+    return _backward(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale)
+
+
+@flash2_bwd.register_fake
+def _(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale):
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, seed, causal, dropout_p, scale = inputs
-    o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse, seed)
+    tensors, seed, causal, dropout_p, scale = inputs
+    ctx.save_for_backward(*tensors, *output, seed)
     ctx.causal, ctx.dropout_p, ctx.scale = causal, dropout_p, scale
 
 
 def _grads(ctx, do, dlse, bwd):
-    """Gradients for (q, k, v, seed, causal, dropout_p, scale) through `bwd` (op or function)."""
-    q, k, v, o, lse, seed = ctx.saved_tensors
+    """The gradients of `tensors` through `bwd` (the op or the function)."""
+    *tensors, o, lse, seed = ctx.saved_tensors
     do = torch.zeros_like(o) if do is None else do  # only LSE was used
-    return *bwd(do, q, k, v, o, lse, dlse, seed, ctx.causal, ctx.dropout_p, ctx.scale), None, None, None, None
+    return bwd(do, list(tensors), o, lse, dlse, seed, ctx.causal, ctx.dropout_p, ctx.scale)
 
 
-flash2_fwd.register_autograd(lambda ctx, do, dlse: _grads(ctx, do, dlse, flash2_bwd), setup_context=_setup_context)
+flash2_fwd.register_autograd(lambda ctx, do, dlse: (_grads(ctx, do, dlse, flash2_bwd), None, None, None, None),
+                             setup_context=_setup_context)
 
 
 class _Flash2(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, seed, causal, dropout_p, scale):
+    def forward(ctx, seed, causal, dropout_p, scale, *tensors):
         ctx.set_materialize_grads(False)  # an unused LSE brings no zero-filled gradient
-        o, lse = _flash2_fwd(q, k, v, seed, causal, dropout_p, scale)
-        _setup_context(ctx, (q, k, v, seed, causal, dropout_p, scale), (o, lse))
-        return o, lse
+        output = _forward(tensors, seed, causal, dropout_p, scale)
+        _setup_context(ctx, (tensors, seed, causal, dropout_p, scale), output)
+        return output
 
     @staticmethod
     def backward(ctx, do, dlse):
-        return _grads(ctx, do, dlse, _flash2_bwd)
+        return None, None, None, None, *_grads(ctx, do, dlse, _backward)
 
 
-# Packed QKV, (B, N, 3, H, d) as the fused projection yields it (flash-attn's qkvpacked): the
-# forward reads Q, K, V as strided views, and the backward writes dQ, dK, dV into one packed
-# gradient. With three separate gradients, autograd stacks them back into the projection's
-# layout: a copy of the whole dQKV per layer (0.6 ms of a 34 ms GPT-2 small step at 16K tokens
-# on the H100; benchmarks/results/h100/notes.md). These two are opaque custom ops, launched
-# through our own path at run time: as triton_ops, whose bodies Inductor traces, the views
-# taken inside them ended in illegal memory accesses under torch 2.11's Inductor.
-def _flash2_packed_fwd(qkv, seed, causal, dropout_p, scale):
-    qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()  # whatever layout a compiler hands over
-    return _flash2_fwd(*qkv.unbind(2), seed, causal, dropout_p, scale)
-
-
-def _flash2_packed_bwd(do, qkv, o, lse, dlse, seed, causal, dropout_p, scale):
-    qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
-    dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
-    _flash2_bwd(do, *qkv.unbind(2), o, lse, dlse, seed, causal, dropout_p, scale, out=dqkv.unbind(2))
-    return dqkv
-
-
-@torch.library.custom_op("gpt2flash::flash2_packed_fwd", mutates_args=())
-def flash2_packed_fwd(qkv: torch.Tensor, seed: torch.Tensor, causal: bool, dropout_p: float,
-                      scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return _flash2_packed_fwd(qkv, seed, causal, dropout_p, scale)
-
-
-@flash2_packed_fwd.register_fake
-def _(qkv, seed, causal, dropout_p, scale):
-    B, N, _, H, D = qkv.shape
-    return qkv.new_empty(B, N, H, D), qkv.new_empty(B, H, N, dtype=torch.float32)
-
-
-@torch.library.custom_op("gpt2flash::flash2_packed_bwd", mutates_args=())
-def flash2_packed_bwd(do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
-                      dlse: torch.Tensor | None, seed: torch.Tensor, causal: bool, dropout_p: float,
-                      scale: float) -> torch.Tensor:
-    return _flash2_packed_bwd(do, qkv, o, lse, dlse, seed, causal, dropout_p, scale)
-
-
-@flash2_packed_bwd.register_fake
-def _(do, qkv, o, lse, dlse, seed, causal, dropout_p, scale):
-    return torch.empty_like(qkv, memory_format=torch.contiguous_format)
-
-
-def _packed_setup_context(ctx, inputs, output):
-    qkv, seed, causal, dropout_p, scale = inputs
-    o, lse = output
-    ctx.save_for_backward(qkv, o, lse, seed)
-    ctx.causal, ctx.dropout_p, ctx.scale = causal, dropout_p, scale
-
-
-def _packed_grads(ctx, do, dlse, bwd):
-    """Gradients for (qkv, seed, causal, dropout_p, scale) through `bwd` (op or function)."""
-    qkv, o, lse, seed = ctx.saved_tensors
-    do = torch.zeros_like(o) if do is None else do
-    return bwd(do, qkv, o, lse, dlse, seed, ctx.causal, ctx.dropout_p, ctx.scale), None, None, None, None
-
-
-flash2_packed_fwd.register_autograd(lambda ctx, do, dlse: _packed_grads(ctx, do, dlse, flash2_packed_bwd),
-                                    setup_context=_packed_setup_context)
-
-
-class _Flash2Packed(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, qkv, seed, causal, dropout_p, scale):
-        ctx.set_materialize_grads(False)
-        o, lse = _flash2_packed_fwd(qkv, seed, causal, dropout_p, scale)
-        _packed_setup_context(ctx, (qkv, seed, causal, dropout_p, scale), (o, lse))
-        return o, lse
-
-    @staticmethod
-    def backward(ctx, do, dlse):
-        return _packed_grads(ctx, do, dlse, _flash2_packed_bwd)
-
-
-_ZERO_SEEDS = {}
+_ZERO_SEEDS = {}  # a dict, not functools.cache: torch.compile traces through dict lookups silently
 
 
 def zero_seed(device):
@@ -799,15 +772,19 @@ def prepare_inputs(q, k, v, scale, seed, dropout_p, backend, head_dims):
     return q, k, v, scale, seed
 
 
+def _attention(tensors, causal, dropout_p, scale, seed, return_lse):
+    args = (seed, bool(causal), float(dropout_p), scale)
+    o, lse = flash2_fwd(tensors, *args) if torch.compiler.is_compiling() else _Flash2.apply(*args, *tensors)
+    return (o, lse) if return_lse else o
+
+
 def flash_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, return_lse=False, seed=None):
     """FlashAttention-2. q: (B, N_q, H, d), k and v: (B, N_k, H, d), fp16 or bf16, d in
     {16, 32, 64, 128, 256}. Returns O (B, N_q, H, d), and LSE (B, H, N_q) fp32 when
     return_lse (differentiable too). `seed` (an int64 tensor of one element) fixes the dropout
     mask; by default a fresh one is drawn from torch's generator."""
     q, k, v, scale, seed = prepare_inputs(q, k, v, scale, seed, dropout_p, "flash", SUPPORTED_HEAD_DIMS)
-    op = flash2_fwd if torch.compiler.is_compiling() else _Flash2.apply
-    o, lse = op(q, k, v, seed, bool(causal), float(dropout_p), scale)
-    return (o, lse) if return_lse else o
+    return _attention([q, k, v], causal, dropout_p, scale, seed, return_lse)
 
 
 def flash_attention_qkvpacked(qkv, causal=False, dropout_p=0.0, scale=None, return_lse=False, seed=None):
@@ -817,6 +794,7 @@ def flash_attention_qkvpacked(qkv, causal=False, dropout_p=0.0, scale=None, retu
         raise ValueError(f"flash: packed qkv must be (batch, seq, 3, heads, head_dim); got {tuple(qkv.shape)}")
     qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
     *_, scale, seed = prepare_inputs(*qkv.unbind(2), scale, seed, dropout_p, "flash", SUPPORTED_HEAD_DIMS)
-    op = flash2_packed_fwd if torch.compiler.is_compiling() else _Flash2Packed.apply
-    o, lse = op(qkv, seed, bool(causal), float(dropout_p), scale)
-    return (o, lse) if return_lse else o
+    return _attention([qkv], causal, dropout_p, scale, seed, return_lse)
+
+
+configure()

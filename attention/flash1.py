@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attention.flash import INTERPRET, LOG2E, _fp32, dropout_keep, bwd_delta_kernel, prepare_inputs
+from attention.flash import INTERPRET, LOG2E, _fp32, _row_delta, dropout_keep, prepare_inputs
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
@@ -44,6 +44,24 @@ def _first_row_block(j, shift, B_r: tl.constexpr, B_c: tl.constexpr, CAUSAL: tl.
     if CAUSAL:
         return tl.maximum(j * B_c - shift, 0) // B_r * B_r
     return 0
+
+
+@triton.jit
+def bwd_delta_kernel(O, dO, dLSE, Delta, stride_ob, stride_on, stride_oh, stride_dob, stride_don, stride_doh,
+                     H, N_Q, HAS_DLSE: tl.constexpr, D: tl.constexpr, B_r: tl.constexpr):
+    """D_i = rowsum(dO_i * O_i) as a pass of its own before the backward (FA2's dQ kernel
+    computes it in its prologue instead)."""
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = tl.program_id(0) * B_r + tl.arange(0, B_r)
+    offs_d = tl.arange(0, D)
+    row_ok = offs_m < N_Q
+    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    do = tl.load(dO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :],
+                 mask=row_ok[:, None], other=0.0)
+    tl.store(Delta + bh * N_Q + offs_m, _row_delta(o, do, dLSE + bh * N_Q, offs_m, row_ok, HAS_DLSE), mask=row_ok)
 
 
 @triton.jit

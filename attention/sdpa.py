@@ -12,6 +12,7 @@ KERNELS = {
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "math": SDPBackend.MATH,
 }
+OPTIONS = {"kernel": (None, *KERNELS)}  # None: torch chooses
 
 
 def sdpa_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, kernel=None):

@@ -33,7 +33,7 @@ def val_loss(source, context, positions, overrides):
 
     from data.batches import tokens
     from data.prepare import prepare
-    from model.pretrained import load_model
+    from training.weights import load_model
     from training.evaluation import evaluate
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", ["experiment=table4", *overrides, f"context={context}"])

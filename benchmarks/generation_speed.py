@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model import GPT, GPTConfig  # noqa: E402
 from model.generation import generate  # noqa: E402
-from model.pretrained import load_model  # noqa: E402
+from training.weights import load_model  # noqa: E402
 
 
 def main():

@@ -81,7 +81,7 @@ def run_facts(run_dir):
 
 
 def score(run_dir, val, device, attention):
-    from model.pretrained import load_model
+    from training.weights import load_model
     facts = run_facts(run_dir)
     model, account = load_model(run_dir, attention=attention)
     model.to(device).eval()

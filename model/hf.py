@@ -5,7 +5,7 @@ layers store their weights transposed (in, out), and its vocabulary is not padde
 
     python train.py model.impl=hf attention=naive    # transformers' eager attention
     python train.py model.impl=hf attention=sdpa     # transformers' SDPA attention
-    python -m model.hf export runs/RUN OUT_DIR   # a GPT2LMHeadModel folder
+    python -m training.weights export runs/RUN OUT_DIR   # a GPT2LMHeadModel folder (export below)
 
 `register_flash()` makes our Triton kernel a transformers attention implementation:
 GPT2LMHeadModel.from_pretrained(OUT_DIR, attn_implementation="triton_fa2") then runs it.
@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.gpt import GPT, GPTConfig, adamw, training_flops_per_token
-from model.pretrained import read, to_hf_state_dict
+from model.pretrained import to_hf_state_dict
 
 # Our kernel's name inside transformers. Not "flash": transformers takes any implementation
 # name containing "flash" for a flash-attn package or hub kernel and looks it up there.
@@ -113,11 +113,12 @@ def register_flash():
 TOKENIZER_DIRS = [os.environ.get("GPT2_BPE_DIR", ""), str(Path(__file__).resolve().parents[2] / "shared/data/gpt2-bpe")]
 
 
-def export(source, out_dir, tokenizer_dir=None):
-    """Our checkpoint (or any init_from source) -> a GPT2LMHeadModel folder: config.json,
-    model.safetensors and, when GPT-2's BPE files are found, the tokenizer. Returns the model."""
+def export(loaded, out_dir, tokenizer_dir=None):
+    """Weights (state dict in our layout, architecture dict, description: training/weights.py
+    reads them from any source) -> a GPT2LMHeadModel folder: config.json, model.safetensors and,
+    when GPT-2's BPE files are found, the tokenizer. Returns the model."""
     from transformers import GPT2LMHeadModel
-    sd, arch, what = read(source)
+    sd, arch, what = loaded
     cfg = GPTConfig(**arch)
     hf = GPT2LMHeadModel(hf_config(cfg))
     hf.load_state_dict(to_hf_state_dict(sd, cfg.vocab_size))
@@ -136,22 +137,3 @@ def export(source, out_dir, tokenizer_dir=None):
     print(f"exported {what} to {out_dir} (GPT2LMHeadModel, {sum(p.numel() for p in hf.parameters()):,} parameters, "
           f"tokenizer {'from ' + str(bpe) if bpe else 'not found: pass --tokenizer DIR with encoder.json and vocab.bpe'})")
     return hf
-
-
-def main(argv=None):
-    import argparse
-    p = argparse.ArgumentParser(prog="python -m model.hf", description="transformers interop")
-    sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("export", help="write a GPT2LMHeadModel folder from our checkpoint")
-    e.add_argument("source", help="a run directory (its newest checkpoint), a ckpt-<step>.pt, or another init_from source")
-    e.add_argument("out_dir")
-    e.add_argument("--tokenizer", help="folder with GPT-2's encoder.json and vocab.bpe")
-    a = p.parse_args(argv)
-    try:
-        export(a.source, a.out_dir, a.tokenizer)
-    except (ValueError, FileNotFoundError) as err:
-        p.exit(2, f"error: {err}\n")
-
-
-if __name__ == "__main__":
-    main()

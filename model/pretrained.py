@@ -1,13 +1,10 @@
-"""Weights from elsewhere into our GPT (`train.init_from`, generate.py, export).
+"""Weights in and out of our GPT's layout: transformers' GPT-2 state dicts both ways, a
+transformers folder or hub model read, and a state dict loaded into our model with its
+vocabulary and position table adapted. (Which sources there are, our run directories among
+them, is training/weights.py's.)
 
-A source is one of
-- our checkpoint: a run's ckpt-<step>.pt, or the run directory (its newest good checkpoint);
-- a transformers GPT-2 folder (config.json + model.safetensors), e.g. one `python -m model.hf
-  export` wrote;
-- `hf:NAME`, a hub model such as hf:gpt2 (needs the network, or the hub cache).
-
-Only weights move: the optimizer, schedule and step start fresh. The architecture (layers,
-heads, width) must match the model's; a shorter position table is extended (`positions`):
+The architecture (layers, heads, width) must match the model's; a shorter position table is
+extended (`positions`):
 copy repeats the learned table (Longformer's initialisation, Beltagy et al. 2020: position
 p gets row p mod n_old, so every window of the old length looks as in training), interpolate
 stretches it linearly (position p gets the table at p (n_old - 1) / (n_new - 1), as ViT does
@@ -20,8 +17,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from training import checkpoints
 
 ARCH = ("n_layer", "n_head", "n_embd")
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -53,36 +48,9 @@ def from_hf_state_dict(state_dict):
     return out
 
 
-def read(source):
-    """(state dict in our layout, architecture dict, description) of a source (see the module doc)."""
-    source = str(source)
-    if source.startswith("hf:"):
-        return _read_hf(source[3:], source)
-    path = Path(source).expanduser()
-    if path.is_dir() and checkpoints.saved(path):
-        path = checkpoints.newest(path)
-    if path.is_file():
-        if path.suffix == ".pt" and (why := checkpoints.problem(path)):
-            raise ValueError(f"init_from: checkpoint {path} is {why}")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise ValueError(f"init_from: cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
-        if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-            raise ValueError(f"init_from: {path} is not a checkpoint of train.py (no 'model' and 'config')")
-        cfg = ckpt["config"]
-        sd = ckpt["model"]
-        if cfg["model"].get("impl") == "hf":  # transformers' GPT-2 trained here (model.impl=hf)
-            sd = from_hf_state_dict({k.removeprefix("hf."): v for k, v in sd.items()})
-        arch = {k: cfg["model"][k] for k in ARCH} | {"context": cfg["context"]}
-        return sd, arch, f"checkpoint {path} (step {ckpt.get('step')})"
-    if path.is_dir() and (path / "config.json").is_file():
-        return _read_hf(str(path), f"transformers folder {path}")
-    raise FileNotFoundError(f"init_from: {source} is neither a checkpoint (ckpt-<step>.pt or a run directory holding one), "
-                            "a transformers GPT-2 folder (config.json + weights) nor hf:NAME")
-
-
-def _read_hf(name, what):
+def read_hf(name, what=None):
+    """(state dict in our layout, architecture dict, description) of a transformers GPT-2: a
+    folder (config.json + weights) or a hub name."""
     try:
         from transformers import GPT2LMHeadModel
     except ImportError:
@@ -94,7 +62,7 @@ def _read_hf(name, what):
     hf = GPT2LMHeadModel.from_pretrained(name)
     c = hf.config
     arch = dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, context=c.n_positions)
-    return from_hf_state_dict(hf.state_dict()), arch, what
+    return from_hf_state_dict(hf.state_dict()), arch, what or name
 
 
 def extend_positions(table, n, how):
@@ -109,23 +77,10 @@ def extend_positions(table, n, how):
     raise ValueError(f"unknown position extension {how!r}: {' | '.join(POSITIONS)}")
 
 
-def load_into(model, source, positions="copy"):
-    """Load a source's weights into our GPT `model` (same architecture); returns a one-line
-    account of what was loaded and what was adapted."""
-    return _load(model, read(source), source, positions)
-
-
-def load_model(source, attention="sdpa", attention_options=None, context=None, positions="copy"):
-    """Our GPT with a source's architecture and weights (context: the source's, or longer with
-    the position table extended), attention through the given backend; returns (model, account)."""
-    from model.gpt import GPT, GPTConfig
-    loaded = read(source)
-    arch = loaded[1] | ({"context": context} if context else {})
-    model = GPT(GPTConfig(**arch, attention=attention, attention_options=attention_options or {}))
-    return model, _load(model, loaded, source, positions)
-
-
-def _load(model, loaded, source, positions):
+def load_state(model, loaded, source, positions="copy"):
+    """Loads `loaded` (state dict in our layout, architecture dict, description) into our GPT
+    `model` of the same architecture: vocabulary rows padded to the model's, the position table
+    cut or extended (`positions`). Returns a one-line account of what was loaded and adapted."""
     sd, arch, what = loaded
     cfg = model.cfg
     diffs = [f"{k} {arch[k]} (source) vs {getattr(cfg, k)} (model)" for k in ARCH if arch[k] != getattr(cfg, k)]

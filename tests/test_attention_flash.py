@@ -12,6 +12,7 @@ interpreter's tl.dot mis-multiplies bf16).
 """
 
 import itertools
+import re
 import zlib
 
 import pytest
@@ -178,16 +179,51 @@ def test_torch_compile_traces_through_without_graph_break():
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
 
 
-def test_packed_ops_trace_whole_under_aot_autograd():
-    """Their fake (shape) functions and autograd formula, as torch.compile traces them, on any
-    device (aot_eager: the traced graph run eagerly); no graph break (fullgraph)."""
-    from attention.flash import flash_attention_qkvpacked
-    qkv = torch.randn(2, 40, 3, 2, 16, device=DEVICE, dtype=torch.float16, requires_grad=True)
-    fn = lambda qkv: flash_attention_qkvpacked(qkv, causal=True)  # noqa: E731
-    o, o_ref = torch.compile(fn, fullgraph=True, backend="aot_eager")(qkv), fn(qkv)
+@pytest.mark.parametrize("packed", [True, False])
+def test_ops_trace_whole_under_aot_autograd(packed):
+    """The custom ops' fake (shape) functions and autograd formula, as torch.compile traces
+    them, on any device (aot_eager: the traced graph run eagerly), for packed qkv and separate
+    q, k, v (N_q != N_k) alike; no graph break (fullgraph). The traced graph calls the same
+    launch functions as eager autograd: the results are bit for bit eager's."""
+    from attention.flash import flash_attention, flash_attention_qkvpacked
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    if packed:
+        inputs = [torch.randn(2, 40, 3, 2, 16, device=DEVICE, dtype=torch.float16, generator=g)]
+        fn = lambda qkv: flash_attention_qkvpacked(qkv, causal=True)  # noqa: E731
+    else:
+        inputs = [torch.randn(2, n, 2, 16, device=DEVICE, dtype=torch.float16, generator=g) for n in (23, 40, 40)]
+        fn = lambda q, k, v: flash_attention(q, k, v, causal=True)  # noqa: E731
+    inputs = [t.requires_grad_() for t in inputs]
+    o, o_ref = torch.compile(fn, fullgraph=True, backend="aot_eager")(*inputs), fn(*inputs)
     torch.testing.assert_close(o, o_ref, rtol=0, atol=0)
-    (g,), (g_ref,) = torch.autograd.grad(o.float().sum(), qkv), torch.autograd.grad(o_ref.float().sum(), qkv)
-    torch.testing.assert_close(g, g_ref, rtol=0, atol=0)
+    grads, grads_ref = (torch.autograd.grad(x.float().sum(), inputs) for x in (o, o_ref))
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_launch_options_one_home(launch, monkeypatch):
+    """attention.options reach flash.configure (through get_attention); a bad key or value is
+    one clear error; the environment overrides the configuration; a change empties the caches
+    of compiled kernels and tuned tiles, which hold launches made under the old options."""
+    from attention import flash
+    get_attention("flash", tma="never", wide="always")
+    assert flash.options["tma"] == "never" and flash.options["wide"] == "always"
+    with pytest.raises(ValueError, match="no launch option 'tiles'; the options are autotune, tuning_cache"):
+        launch(tiles=64)
+    with pytest.raises(ValueError, match=re.escape("tma='on' is not one of: auto | always | never")):
+        launch(tma="on")
+    with pytest.raises(ValueError, match=re.escape("autotune=1 is not one of: True | False")):
+        launch(autotune=1)
+    monkeypatch.setenv("FLASH_TMA", "1")
+    launch(tma="never")
+    assert flash.options["tma"] == "always"
+    monkeypatch.setenv("FLASH_TMA", "yes")
+    with pytest.raises(ValueError, match="FLASH_TMA='yes': 0 or 1"):
+        launch()
+    monkeypatch.delenv("FLASH_TMA")
+    flash._COMPILED["entry"] = flash._tuned["entry"] = None
+    launch()
+    assert flash.options["tma"] == "auto" and not flash._COMPILED and not flash._tuned
 
 
 @gpu_only
@@ -202,24 +238,30 @@ def test_torch_compile_traces_packed_qkv_and_its_gradient():
     torch.testing.assert_close(g, g_ref, rtol=2e-2, atol=2e-2)
 
 
+@pytest.fixture
+def launch():
+    """flash.configure, with the default launch options back after the test."""
+    from attention import flash
+    yield flash.configure
+    flash.configure()
+
+
 @pytest.mark.parametrize("causal", [False, True])
-def test_64_bit_index_path(monkeypatch, causal):
+def test_64_bit_index_path(launch, causal):
     """The int64 offsets taken when a tensor spans 2^31 elements or more (flash.wide), forced at
     a small size: the same criterion as the grid, with dropout and N_q != N_k."""
-    from attention import flash
-    monkeypatch.setattr(flash, "FORCE_WIDE", True)
+    launch(wide="always")
     for name, (ours, naive, floor) in zip(["out", "dq", "dk", "dv"],
                                           _errors("flash", torch.float16, 16, causal, 40, 23, 0.17)):
         assert ours <= 2 * naive + floor, f"{name}: error {ours:.2e} > 2 x naive {naive:.2e} + {floor:.1e}"
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_tma_forward_path(monkeypatch, causal):
+def test_tma_forward_path(launch, causal):
     """The Hopper forward (Q, K, V through tensor descriptors), forced off Hopper: ragged
     blocks (rows past N read as zeros), dropout, N_q != N_k, and layouts whose rows the copy
     engine cannot address (they fall back to pointer loads)."""
-    from attention import flash
-    monkeypatch.setattr(flash, "FORCE_TMA", True)
+    launch(tma="always")
     for n_q, n_k, p in [(40, 23, 0.17), (23, 40, 0.0)]:
         for name, (ours, naive, floor) in zip(["out", "dq", "dk", "dv"],
                                               _errors("flash", torch.float16, 16, causal, n_q, n_k, p)):
@@ -231,14 +273,16 @@ def test_tma_forward_path(monkeypatch, causal):
             assert ours <= 2 * naive + floor, f"{layout} {name}: error {ours:.2e} > 2 x naive {naive:.2e} + {floor:.1e}"
 
 
-def test_tma_only_where_the_copy_engine_can_address_the_rows(monkeypatch):
+def test_tma_only_where_the_copy_engine_can_address_the_rows(launch):
     from attention import flash
     t = torch.empty(2, 8, 3, 16, dtype=torch.float16)
     odd_rows = torch.empty(2, 8, 49, dtype=torch.float16)[:, :, :48].unflatten(-1, (3, 16))  # 98-byte rows
     shifted = torch.empty(2 * 8 * 48 + 1, dtype=torch.float16)[1:].view(2, 8, 3, 16)  # 2-byte offset
-    monkeypatch.setattr(flash, "FORCE_TMA", False)
+    launch(tma="auto")
     assert not flash.tma_ok(t, t, t)  # not a Hopper GPU
-    monkeypatch.setattr(flash, "FORCE_TMA", True)
+    launch(tma="never")
+    assert not flash.tma_ok(t, t, t)
+    launch(tma="always")
     assert flash.tma_ok(t, t, t)
     assert not flash.tma_ok(t, odd_rows, t)
     assert not flash.tma_ok(t, t, shifted)
@@ -272,7 +316,7 @@ def test_program_order_changes_no_result(monkeypatch, causal):
 def test_lengths_in_one_bucket_share_one_tuning():
     """A new length whose power-of-two bucket was tuned runs at once with the tuned tiles."""
     from attention import flash
-    if not flash.AUTOTUNE:
+    if not flash.options["autotune"]:
         pytest.skip("FLASH_AUTOTUNE=0: fixed tiles, nothing tuned")
     keys = []
     for n in (1000, 1020, 1024, 1025):

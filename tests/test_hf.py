@@ -8,7 +8,7 @@ import torch
 from transformers import GPT2LMHeadModel, GPT2TokenizerFast
 
 from model.hf import HF_FLASH, register_flash
-from model.pretrained import load_model
+from training.weights import load_model
 from tests.conftest import ROOT, triton_device
 
 from model import GPT, GPTConfig
@@ -41,7 +41,7 @@ def test_hf_model_rejects_what_it_cannot_run():
 @pytest.fixture(scope="module")
 def exported(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "hf"
-    r = subprocess.run([sys.executable, "-m", "model.hf", "export", str(tiny_run / "ckpt.pt"), str(out)],
+    r = subprocess.run([sys.executable, "-m", "training.weights", "export", str(tiny_run / "ckpt.pt"), str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
@@ -66,7 +66,7 @@ def test_export_loads_in_transformers_with_equal_logits(tiny_run, exported):
 
 
 def test_export_refuses_what_is_not_a_checkpoint(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "model.hf", "export", str(tmp_path / "none.pt"), str(tmp_path / "o")],
+    r = subprocess.run([sys.executable, "-m", "training.weights", "export", str(tmp_path / "none.pt"), str(tmp_path / "o")],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.count("error:") == 1 and "neither a checkpoint" in r.stderr
     assert not (tmp_path / "o").exists()

@@ -86,6 +86,26 @@ def test_config_errors_name_the_key(override, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("overrides,message", [
+    (["attention=sdpa", "attention.options.kernel=fa3"],
+     "attention.options.kernel='fa3' is not one of: null | flash | cudnn | efficient | math"),
+    (["attention=flash", "+attention.options.tiles=64"],
+     "attention.options.tiles: attention=flash has no such option; it takes: autotune, tuning_cache, tma, wide, fast_launch"),
+    (["attention=flash", "+attention.options.autotune=1"], "attention.options.autotune=1 is not one of: true | false"),
+    (["attention=naive", "+attention.options.kernel=math"], "attention.options.kernel: attention=naive has no such option; it takes none"),
+])
+def test_attention_options_are_the_backends_own(overrides, message):
+    from hydra import compose, initialize_config_dir
+    from training.config import UserError, check
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", SMALL + overrides)
+        default = compose("config", SMALL + overrides[:1])
+    with pytest.raises(UserError) as e:
+        check(cfg)
+    assert str(e.value) == message
+    check(default)  # the backend's defaults pass
+
+
 @pytest.mark.parametrize("override,message", BAD_INPUT)
 def test_bad_input_is_one_clear_line(tmp_path, shared_data, override, message):
     """One line on stderr naming the key, exit 2, nothing written in the run directory."""

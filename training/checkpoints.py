@@ -108,6 +108,36 @@ def load(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+ARCH = ("n_layer", "n_head", "n_embd")
+
+
+def weights(path):
+    """(model state dict in our layout, architecture dict, description) of a checkpoint file or
+    of a run directory's newest good one; None when `path` is neither. Raises ValueError naming
+    a file that is not a usable checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        if not saved(path):
+            return None
+        path = newest(path)
+    if not path.is_file():
+        return None
+    if path.suffix == ".pt" and (why := problem(path)):
+        raise ValueError(f"init_from: checkpoint {path} is {why}")
+    try:
+        ckpt = load(path)
+    except Exception as e:
+        raise ValueError(f"init_from: cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"init_from: {path} is not a checkpoint of train.py (no 'model' and 'config')")
+    cfg, sd = ckpt["config"], ckpt["model"]
+    if cfg["model"].get("impl") == "hf":  # transformers' GPT-2 trained here (model.impl=hf): its layout
+        from model.pretrained import from_hf_state_dict
+        sd = from_hf_state_dict({k.removeprefix("hf."): v for k, v in sd.items()})
+    arch = {k: cfg["model"][k] for k in ARCH} | {"context": cfg["context"]}
+    return sd, arch, f"checkpoint {path} (step {ckpt.get('step')})"
+
+
 def _rng_states():
     return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None}
 

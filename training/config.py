@@ -7,7 +7,7 @@ full traceback comes with HYDRA_FULL_ERROR=1.
 
 from omegaconf import OmegaConf
 
-from attention import BACKENDS
+from attention import BACKENDS, options_of
 
 
 class UserError(ValueError):
@@ -49,6 +49,15 @@ def _get(cfg, key):
     return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
 
 
+def _show(values):
+    return " | ".join("null" if a is None else str(a).lower() if isinstance(a, bool) else str(a) for a in values)
+
+
+def _allowed(v, allowed):
+    """v among the allowed values, a bool only where a bool is allowed (1 is not true here)."""
+    return any(v == a and isinstance(v, bool) == isinstance(a, bool) for a in allowed)
+
+
 def _number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -66,8 +75,15 @@ def check(cfg):
         raise UserError(f"{missing[0]} is required here and was not given (e.g. {missing[0]}=...)")
     for key, allowed in CHOICES.items():
         v = _get(cfg, key)
-        if v not in allowed:
-            raise UserError(f"{key}={v!r} is not one of: {' | '.join(str(a).lower() if isinstance(a, bool) else str(a) for a in allowed)}")
+        if not _allowed(v, allowed):
+            raise UserError(f"{key}={v!r} is not one of: {_show(allowed)}")
+    takes = options_of(cfg.attention.name)
+    for key, v in (_get(cfg, "attention.options") or {}).items():
+        if key not in takes:
+            raise UserError(f"attention.options.{key}: attention={cfg.attention.name} has no such option; "
+                            + (f"it takes: {', '.join(takes)}" if takes else "it takes none"))
+        if not _allowed(v, takes[key]):
+            raise UserError(f"attention.options.{key}={v!r} is not one of: {_show(takes[key])}")
     for key in POSITIVE:
         v = _get(cfg, key)
         if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):

@@ -46,8 +46,8 @@ def build_model(cfg):
 
 
 def init_weights(model, t):
-    """train.init_from: our checkpoint, a transformers GPT-2 folder or hf:NAME (model/pretrained.py)."""
-    from model.pretrained import load_into
+    """train.init_from: our checkpoint, a transformers GPT-2 folder or hf:NAME (training/weights.py)."""
+    from training.weights import load_into
     if not isinstance(model, GPT):
         raise UserError("train.init_from loads into our model (model.impl=ours); model.impl=hf starts from our init")
     source = t.init_from if str(t.init_from).startswith("hf:") else os.path.abspath(os.path.expanduser(t.init_from))
