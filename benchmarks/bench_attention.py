@@ -6,21 +6,18 @@ forward (4 B H N^2 d) and the five of the backward (2.5x), halved under causal m
 are medians of triton.testing.do_bench; memory is the peak allocated during one fwd+bwd
 above what the inputs already hold.
 
-    python benchmarks/bench_attention.py --out benchmarks/results/h100
+    python -m benchmarks.bench_attention --out benchmarks/results/h200/attention
 """
 
 import argparse
-import json
-import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 import triton
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from attention import get_attention  # noqa: E402
+from attention import get_attention
+from benchmarks import harness
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 
@@ -109,15 +106,12 @@ def main():
     args = ap.parse_args()
 
     fns = providers(args.providers.split(","))
-    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                python=platform.python_version(), date=time.strftime("%Y-%m-%d"), tokens=args.tokens,
-                dtype="bfloat16", command=" ".join(sys.argv))
+    meta = harness.metadata(tokens=args.tokens, dtype="bfloat16")
     rows = []
 
-    def save():  # after every row, so that a run cut short by a time limit keeps what it measured
+    def save(markdown=None):  # after every row, so that a run cut short by a time limit keeps what it measured
         if args.out:
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "attention.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+            harness.write(args.out, "attention", meta, rows, markdown, "Attention benchmark")
 
     for batch, heads, n, d, causal in shapes(args):
         for name, fn in fns.items():
@@ -144,8 +138,7 @@ def main():
                   + f" TFLOP/s  mem={row['peak_mem_mb']:8.1f}MB  ({time.time() - t0:.0f}s)", flush=True)
     print(ratio_table(rows))
     if args.out:
-        save()
-        (args.out / "attention.md").write_text(f"# Attention benchmark\n\n{json.dumps(meta)}\n\n" + ratio_table(rows) + "\n")
+        save(ratio_table(rows))
         plot(rows, args.out / "attention.png")
 
 

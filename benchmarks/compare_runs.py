@@ -5,7 +5,7 @@
 
 RUN is a run directory (train.py writes config.json and metrics.jsonl into each) or, online, a
 wandb run path ENTITY/PROJECT/RUN_ID. Per run: implementation, attention, context, tokens/s
-(median of the logged intervals after the first, which holds compilation and autotuning),
+(benchmarks/harness.py steady_tokens_per_s),
 speedup against the baseline (the first run unless --baseline names one), MFU, peak memory,
 final validation loss and perplexity, training time (evaluation excluded) until the validation
 loss first reaches --target-loss, and the largest train-loss difference from the baseline at
@@ -21,6 +21,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from benchmarks.harness import metrics, steady_tokens_per_s
+
 
 def _run(name, config, rows, by_position=None):
     return {"name": name, "config": config, "by_position": by_position,
@@ -33,7 +35,7 @@ def load_dir(path):
         if not (path / f).is_file():
             raise FileNotFoundError(f"{path / f} is missing: RUN must be a train.py run directory "
                                     "(config.json and metrics.jsonl) or a wandb run path ENTITY/PROJECT/RUN_ID")
-    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = metrics(path)
     rows = list({r["step"]: r for r in rows if "train/loss" in r}.values()) + \
         list({r["step"]: r for r in rows if "val/loss" in r}.values())  # a resumed run may repeat steps: last wins
     pos = path / "loss_by_position.json"
@@ -62,7 +64,6 @@ def compile_setting(t):
 
 def summarize(run, base, target_loss):
     c, train, val = run["config"], run["train"], run["val"]
-    rates = [r["tokens_per_s"] for r in train[1:]] or [r["tokens_per_s"] for r in train]
     median = lambda key: statistics.median(r[key] for r in train[1:] or train) if train and key in train[-1] else None  # noqa: E731
     reached = next((r for r in val if r["val/loss"] <= target_loss), None) if target_loss else None
     base_loss = {r["step"]: r["train/loss"] for r in base["train"]}
@@ -73,7 +74,7 @@ def summarize(run, base, target_loss):
             "impl": c.get("model", {}).get("impl", "ours"),
             "attention": c.get("attention", {}).get("name", "?"),
             "compile": compile_setting(c.get("train", {})), "context": c.get("context"),
-            "tokens_per_s": statistics.median(rates) if rates else None,
+            "tokens_per_s": steady_tokens_per_s(train),
             "mfu": median("mfu"), "peak_mem_gb": max((r["peak_mem_gb"] for r in train if "peak_mem_gb" in r), default=None),
             "tokens": train[-1]["tokens_seen"] if train else 0,
             "val_loss": val[-1]["val/loss"] if val else None,

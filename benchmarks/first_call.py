@@ -1,9 +1,10 @@
 """Time to the first fwd+bwd of our kernel at a shape this process has not run: compilation
 (Triton's on-disk kernel cache may hold it) plus autotuning the three kernels (skipped when
-the tuning results persisted by an earlier process apply: attention/flash.py TUNING_CACHE).
+the tuning results persisted by an earlier process apply: attention/flash.py's tuning_cache
+option).
 
-    python benchmarks/first_call.py --shape 4,4096,12,64 [--no-causal]   # prints one JSON line
-    python benchmarks/first_call.py --shape 4,4096,12,64 --lengths 4000,3000,4097   # and one per length
+    python -m benchmarks.first_call --shape 4,4096,12,64 [--no-causal]   # prints one JSON line
+    python -m benchmarks.first_call --shape 4,4096,12,64 --lengths 4000,3000,4097   # and one per length
 
 Run it in fresh processes sharing TRITON_CACHE_DIR to see what the cache saves; each call
 measures one process's first call, then a second call at the same shape for comparison.
@@ -14,14 +15,12 @@ number of tokens per batch): lengths in a tuned power-of-two bucket are not tune
 import argparse
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from attention import get_attention  # noqa: E402
+from attention import flash, get_attention
+from benchmarks.harness import metadata
 
 
 def fwd_bwd(attn, q, k, v, do, causal):
@@ -38,6 +37,7 @@ def main():
     a = p.parse_args()
     B, N, H, D = map(int, a.shape.split(","))
     attn = get_attention("flash")
+    print(json.dumps(metadata()), flush=True)
     for n in [N, *map(int, filter(None, a.lengths.split(",")))]:
         b = max(1, B * N // n)
         q, k, v, do = (torch.randn(b, n, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=i < 3) for i in range(4))
@@ -48,7 +48,7 @@ def main():
             fwd_bwd(attn, q, k, v, do, a.causal)
             times.append(time.perf_counter() - start)
         print(json.dumps({"shape": [b, n, H, D], "causal": a.causal, "first_s": times[0], "second_s": times[1],
-                          "tuning_cache": os.environ.get("FLASH_TUNING_CACHE", "1") != "0",
+                          "tuning_cache": flash.options["tuning_cache"],
                           "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR")}), flush=True)
 
 

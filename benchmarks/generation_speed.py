@@ -1,6 +1,6 @@
 """Generation speed with and without the KV cache, per attention backend, one process.
 
-    python benchmarks/generation_speed.py [--init-from RUN_DIR] --out benchmarks/results/h100/generation
+    python -m benchmarks.generation_speed [--init-from RUN_DIR] --out benchmarks/results/h100/generation
 
 GPT-2 small (the checkpoint's weights, or a fresh init: speed does not depend on them), batch 1,
 bf16 autocast, greedy. Per backend and prompt length: prefill time, decode tokens/s (one token
@@ -11,16 +11,15 @@ position is reported).
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import GPT, GPTConfig  # noqa: E402
-from model.generation import generate  # noqa: E402
-from training.weights import load_model  # noqa: E402
+from benchmarks import harness
+from model import GPT, GPTConfig
+from model.generation import generate
+from training.weights import load_model
 
 
 def main():
@@ -55,20 +54,16 @@ def main():
                        greedy_tokens_equal=first_diff is None, first_difference_at=first_diff)
             rows.append(row)
             print(json.dumps(row), f"({time.time() - t0:.0f}s)", flush=True)
-    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"),
-                model=what, dtype="bfloat16 autocast", batch=1, command=" ".join(sys.argv))
-    lines = ["| backend | prompt | prefill ms | decode tok/s, cache | decode tok/s, no cache | cache speedup | greedy tokens equal |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        eq = "yes" if r["greedy_tokens_equal"] else f"until new token {r['first_difference_at']}"
-        lines.append(f"| {r['backend']} | {r['prompt']} | {r['prefill_ms']:.1f} | {r['decode_tokens_per_s_cache']:,.0f} | "
-                     f"{r['decode_tokens_per_s_no_cache']:,.0f} | {r['cache_speedup']:.1f}x | {eq} |")
-    table = "\n".join(lines)
+    meta = harness.metadata(model=what, dtype="bfloat16 autocast", batch=1)
+    table = harness.md_table(
+        ["backend", "prompt", "prefill ms", "decode tok/s, cache", "decode tok/s, no cache", "cache speedup",
+         "greedy tokens equal"],
+        [[r["backend"], r["prompt"], f"{r['prefill_ms']:.1f}", f"{r['decode_tokens_per_s_cache']:,.0f}",
+          f"{r['decode_tokens_per_s_no_cache']:,.0f}", f"{r['cache_speedup']:.1f}x",
+          "yes" if r["greedy_tokens_equal"] else f"until new token {r['first_difference_at']}"] for r in rows])
     print(table)
     if a.out:
-        a.out.mkdir(parents=True, exist_ok=True)
-        (a.out / "generation.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-        (a.out / "generation.md").write_text(f"# Generation speed\n\n{json.dumps(meta)}\n\n{table}\n")
+        harness.write(a.out, "generation", meta, rows, table, "Generation speed")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,15 @@
 """Where the time goes in one fwd+bwd: GPU kernel times (torch.profiler) per provider, and
 the host-side cost per call on a problem too small to hide it.
 
-    python benchmarks/profile_attention.py --seqlen 1024 --head-dim 64 --heads 12
+    python -m benchmarks.profile_attention --seqlen 1024 --head-dim 64 --heads 12
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_attention import providers  # noqa: E402
+from benchmarks.bench_attention import providers
 
 
 def host_us_per_call(fn, n=200, host_profile=False):

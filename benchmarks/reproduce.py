@@ -23,7 +23,6 @@ paper's numbers and the figures, with device, date and commands.
 import argparse
 import json
 import math
-import platform
 import subprocess
 import sys
 import time
@@ -31,10 +30,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks import kernel_figures  # noqa: E402
-from benchmarks.compare_runs import _num, compare, load_dir  # noqa: E402
+from benchmarks import harness, kernel_figures
+from benchmarks.compare_runs import _num, compare, load_dir
+from benchmarks.harness import ROOT, finished, progress
 
 TABLE2 = [  # name, overrides; the first is the baseline
     ("hf-eager", ["model.impl=hf", "attention=naive", "train.compile=false"]),
@@ -71,60 +69,20 @@ def table4_runs(budget):
         [(f"flash-{n}", ["attention=flash", f"context={n}"]) for n in c]
 
 
-def finished(run_dir):
-    """The run's metrics reach its configured last step (with an evaluation there)."""
-    try:
-        cfg = json.loads((run_dir / "config.json").read_text())
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    except (FileNotFoundError, json.JSONDecodeError):
-        return False
-    return any(r["step"] == cfg["train"]["max_steps"] and "val/loss" in r for r in rows)
-
-
-def train(run_dir, experiment, overrides, extra=(), steps_per_run=None, nproc=1):
-    """One train.py run into run_dir (under torchrun with nproc > 1): skipped when finished
-    there, resumed from its checkpoint."""
-    if finished(run_dir):
-        print(f"reusing {run_dir}", flush=True)
-        return
-    if not torch.cuda.is_available() and "attention=flash" in overrides:  # the interpreter would take hours
-        overrides = [o.replace("attention=flash", "attention=sdpa") for o in overrides]  # (config.json says so)
-    launch = ["train.py"] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                                               "train.py"]
-    cmd = [sys.executable, *launch, f"experiment={experiment}", *overrides, *extra,
-           f"hydra.run.dir={run_dir}", f"wandb.name={run_dir.parent.name}-{run_dir.name}"]
-    cmd.append("train.resume=auto")  # a cut run continues from its checkpoint
-    if steps_per_run:
-        cmd.append(f"train.steps_per_run={steps_per_run}")
-    shown = " ".join(cmd[1:]).replace("-m torch.distributed.run", "torchrun")
-    print("$", shown if nproc > 1 else f"python {shown}", flush=True)
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    (run_dir / "train.log").write_text(r.stdout + r.stderr) if run_dir.is_dir() else None
-    if r.returncode != 0:
-        raise RuntimeError(f"run {run_dir.name} failed (exit {r.returncode}); its log: {run_dir / 'train.log'}\n"
-                           + r.stderr[-2000:])
-
-
-def progress(run_dir):
-    """A run's state without running it: finished, stopped at a step, or not run."""
-    if finished(run_dir):
-        return "finished"
-    try:
-        cfg = json.loads((run_dir / "config.json").read_text())
-        steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    except (FileNotFoundError, json.JSONDecodeError):
-        return "not run"
-    return f"stopped at step {max(steps, default=0)} of {cfg['train']['max_steps']} (resume with the same command)"
+def train(run_dir, experiment, overrides, extra=(), steps_per_run=None):
+    """One run of a table (harness.train); without a GPU, sdpa stands in for our kernel (the
+    interpreter would take hours; config.json says so)."""
+    if not torch.cuda.is_available() and "attention=flash" in overrides:
+        overrides = [o.replace("attention=flash", "attention=sdpa") for o in overrides]
+    harness.train(run_dir, [f"experiment={experiment}", *overrides, *extra], steps_per_run=steps_per_run)
 
 
 def run_table(out, table, runs, budget, extra, steps_per_run, run=True):
     experiment = table if budget == "small" else f"{table}-{budget}"
     dirs = {name: out / "runs" / table / name for name, _ in runs}
     if run:
-        meta = dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor()})",
-                    date=time.strftime("%Y-%m-%d"), torch=torch.__version__, command="python -m benchmarks.reproduce " + " ".join(sys.argv[1:]))
         (out / table).mkdir(parents=True, exist_ok=True)
-        (out / table / "meta.json").write_text(json.dumps(meta, indent=1))
+        (out / table / "meta.json").write_text(json.dumps(harness.metadata(), indent=1))
         for name, o in runs:
             train(dirs[name], experiment, o, extra, steps_per_run)
     status = [f"{name}: {progress(d)}" for name, d in dirs.items()]
@@ -152,7 +110,7 @@ def table4_summary(rows):
     return "\n".join(lines) + "\n"
 
 
-BENCH = [sys.executable, "benchmarks/bench_attention.py"]
+BENCH = [sys.executable, "-m", "benchmarks.bench_attention"]
 FIGURE3 = ["--providers", "flash,sdpa-flash,naive", "--shapes", "64x12", "--causal", "1", "--tokens", "65536",
            "--naive-max-n", "65536"]
 # The seed reports' sweeps: one dimension at a time around GPT-2 small's attention (N=1024,
@@ -172,7 +130,7 @@ def bench(out_dir, args, run):
     """bench_attention.py into out_dir (when `run` and a GPU is there); its rows, or None."""
     if run and torch.cuda.is_available():
         cmd = [*BENCH, *args, "--out", str(out_dir)]
-        print("$", " ".join(cmd[1:]), flush=True)
+        print("$ python", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
     path = out_dir / "attention.json"
     return (json.loads(path.read_text()), f"`python {' '.join(BENCH[1:] + args)}`") if path.is_file() else (None, None)
@@ -214,8 +172,8 @@ def seed_figures(out, tables):
         if (t / "attention.json").is_file():
             data = json.loads((t / "attention.json").read_text())
             rows += data["rows"]
-            sources.append(f"[{t.name}]({Path('..') / t.name / 'attention.md'}) ({measured(data['meta'])}: "
-                           f"`python {data['meta']['command']}`)")
+            sources.append(f"[{t.name}]({Path('..') / t.parent.name / t.name / 'attention.md'}) ({measured(data['meta'])}: "
+                           f"`{harness.typed(data['meta']['command'])}`)")
     if not rows:
         return "No sequence-length tables found.\n"
     fig = out / "kernels"
@@ -235,7 +193,7 @@ def main(argv=None):
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra train.py overrides for every run")
     p.add_argument("--steps-per-run", type=int, help="stop each run after this many steps (resume on the next call)")
     p.add_argument("--kernel-tables", nargs="*", type=Path, help="sequence-length tables of bench_attention.py for "
-                   "the seed-report figures (default: the d64 and d128 folders beside OUT_DIR)")
+                   "the seed-report figures (default: attention/d64 and attention/d128 beside OUT_DIR)")
     a = p.parse_args(argv)
     parts = set(a.only.split(",")) if not a.report_only else set()
     unknown = parts - {"table2", "table4", "figures", "sweeps"}
@@ -243,8 +201,7 @@ def main(argv=None):
         p.error(f"unknown --only parts {sorted(unknown)}: table2, table4, figures, sweeps")
     a.out.mkdir(parents=True, exist_ok=True)
     report = [f"# FlashAttention paper reproduction ({a.budget} budget)", "",
-              f"Report written {time.strftime('%Y-%m-%d')} by `python -m benchmarks.reproduce "
-              f"{' '.join(sys.argv[1:] if argv is None else argv)}`; each part says where and how it was measured. "
+              f"Report written {time.strftime('%Y-%m-%d')} by `{harness.command(argv, 'benchmarks.reproduce')}`; each part says where and how it was measured. "
               "Every part present in OUT_DIR is reported; --only chooses what runs.", ""]
     status, result = run_table(a.out, "table2", TABLE2, a.budget, a.set, a.steps_per_run, "table2" in parts)
     report += ["## Table 2: training speed, same model, same curve", "", *[f"- {s}" for s in status], ""]
@@ -258,7 +215,7 @@ def main(argv=None):
                    "![loss by position](table4/loss_by_position.png)", "", "All runs:", "", result[0]]
     report += ["The paper's Table 4 (quoted):", "", PAPER_TABLE4]
     report += ["## Figure 3: runtime and memory against sequence length", "", figures(a.out, a.budget, "figures" in parts)]
-    tables = a.kernel_tables if a.kernel_tables is not None else [a.out.parent / "d64", a.out.parent / "d128"]
+    tables = a.kernel_tables if a.kernel_tables is not None else [a.out.parent / "attention" / "d64", a.out.parent / "attention" / "d128"]
     report += ["## Kernel benchmarks of the seed reports", "", seed_figures(a.out, tables), "",
                "### Sweeps: batch, heads, embedding dim, head dim; TFLOP/s heatmap", "", sweeps(a.out, "sweeps" in parts)]
     notes = a.out / "reading.md"  # a hand-written reading of the measured results, when present

@@ -9,34 +9,29 @@ reduction is added), GPT-2 small with our kernel, through train.py under torchru
 are reduced once per K forward/backward passes (1: the worst case for communication; GPT-2's
 0.5M-token batch on 8 GPUs is K = 4).
 
-Throughput is the median tokens/s of the logged intervals after the first two (compilation
-and autotuning); efficiency = tokens/s(N) / (N x tokens/s(1)). Writes OUT_DIR/scaling.json,
+Throughput is the median tokens/s of the logged intervals after the first two (compilation,
+autotuning and DDP's first bucket rebuild: benchmarks/harness.py steady_tokens_per_s);
+efficiency = tokens/s(N) / (N x tokens/s(1)). Writes OUT_DIR/scaling.json,
 scaling.md and scaling.png, with the runs under OUT_DIR/runs.
 """
 
 import argparse
-import json
 import platform
 import statistics
-import sys
-import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.reproduce import train  # noqa: E402
+from benchmarks import harness
 
 PER_GPU_TOKENS = 16384
 WARMUP_INTERVALS = 2
 
 
 def throughput(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "tokens_per_s" in r]
-    rates = [r["tokens_per_s"] for r in rows][WARMUP_INTERVALS:]
-    return {"tokens_per_s": statistics.median(rates), "intervals": len(rates),
+    rows = [r for r in harness.metrics(run_dir) if "tokens_per_s" in r]
+    return {"tokens_per_s": harness.steady_tokens_per_s(rows, skip=WARMUP_INTERVALS),
+            "intervals": len(rows[WARMUP_INTERVALS:]),
             "mfu": statistics.median(r["mfu"] for r in rows[WARMUP_INTERVALS:]) if "mfu" in rows[-1] else None,
             "peak_mem_gb": max(r.get("peak_mem_gb", 0) for r in rows)}
 
@@ -78,30 +73,23 @@ def main(argv=None):
         for gpus in (1, a.gpus):
             run_dir = a.out / "runs" / f"ctx{n}-{gpus}gpu"
             overrides = [f"context={n}", f"train.batch_tokens={PER_GPU_TOKENS * a.micro_batches * gpus}", f"train.parallel={a.parallel}"]
-            train(run_dir, "scaling", overrides, a.set, nproc=gpus)
+            harness.train(run_dir, ["experiment=scaling", *overrides, *a.set], nproc=gpus)
             results.append({"context": n, "gpus": gpus, **throughput(run_dir)})
             print(results[-1], flush=True)
     for r in results:
         one = next(o for o in results if o["context"] == r["context"] and o["gpus"] == 1)
         r["efficiency"] = r["tokens_per_s"] / (r["gpus"] * one["tokens_per_s"])
-    meta = {"device": f"{a.gpus} x {torch.cuda.get_device_name()}", "date": time.strftime("%Y-%m-%d"),
-            "torch": torch.__version__, "host": platform.node(), "parallel": a.parallel,
-            "micro_batch_tokens": PER_GPU_TOKENS, "micro_batches_per_gpu": a.micro_batches,
-            "command": "python -m benchmarks.scaling " + " ".join(argv if argv is not None else sys.argv[1:])}
-    (a.out / "scaling.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    lines = [f"# Data-parallel scaling ({a.parallel}), GPT-2 small, attention=flash", "",
-             f"{meta['device']}, torch {meta['torch']}, {meta['date']}. `{meta['command']}`", "",
-             f"{a.micro_batches} micro-batch{'es' if a.micro_batches > 1 else ''} of {PER_GPU_TOKENS} tokens per GPU "
-             f"per step; median tokens/s of the intervals after the first "
-             f"{WARMUP_INTERVALS}; efficiency = tokens/s of N GPUs / (N x one GPU's).", "",
-             "| context | GPUs | tokens/s | efficiency | MFU | peak memory (rank 0) |", "|---|---|---|---|---|---|"]
-    for r in results:
-        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
-        lines.append(f"| {r['context']} | {r['gpus']} | {r['tokens_per_s']:,.0f} | {r['efficiency']:.3f} | {mfu} | "
-                     f"{r['peak_mem_gb']:.1f} GB |")
-    (a.out / "scaling.md").write_text("\n".join(lines) + "\n")
+    meta = harness.metadata(argv, device=f"{a.gpus} x {torch.cuda.get_device_name()}", host=platform.node(),
+                            parallel=a.parallel, micro_batch_tokens=PER_GPU_TOKENS, micro_batches_per_gpu=a.micro_batches)
+    text = (f"{a.micro_batches} micro-batch{'es' if a.micro_batches > 1 else ''} of {PER_GPU_TOKENS} tokens per GPU "
+            f"per step; median tokens/s of the intervals after the first {WARMUP_INTERVALS}; efficiency = tokens/s "
+            "of N GPUs / (N x one GPU's).\n\n" + harness.md_table(
+                ["context", "GPUs", "tokens/s", "efficiency", "MFU", "peak memory (rank 0)"],
+                [[r["context"], r["gpus"], f"{r['tokens_per_s']:,.0f}", f"{r['efficiency']:.3f}",
+                  f"{r['mfu']:.1%}" if r["mfu"] is not None else "-", f"{r['peak_mem_gb']:.1f} GB"] for r in results]))
+    harness.write(a.out, "scaling", meta, results, text, f"Data-parallel scaling ({a.parallel}), GPT-2 small, attention=flash")
     plot(results, a.gpus, a.out / "scaling.png")
-    print("\n".join(lines))
+    print(text)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.harness import metrics, steady_tokens_per_s
+
 SPAN = 4096
 CUT = 1024
 BUCKETS = [(0, 64), (64, 256), (256, 512), (512, 1024), (1024, 2048), (2048, 4096)]
@@ -64,18 +66,17 @@ def run_facts(run_dir):
     from training import checkpoints
     cfg = json.loads((run_dir / "config.json").read_text())
     t = cfg["train"]
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    rows = metrics(run_dir)
     parent_tokens = 0
     if t.get("init_from"):
         m = checkpoints.PATTERN.fullmatch(Path(t["init_from"]).name)
         parent_tokens = int(m.group(1)) * t["batch_tokens"] if m else None
     steps = max(r["step"] for r in rows)
-    rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]  # the first interval compiles
     return {"run": run_dir.name, "protocol": PROTOCOLS.get(cfg["wandb"]["group"], cfg["wandb"]["group"]),
             "context": cfg["context"], "seed": t["seed"], "attention": cfg["attention"]["name"],
             "init_from": t.get("init_from"), "init_positions": t.get("init_positions") if t.get("init_from") else None,
             "train_tokens": (parent_tokens or 0) + steps * t["batch_tokens"], "parent_tokens": parent_tokens,
-            "steps": steps, "tokens_per_s": statistics.median(rates) if rates else None,
+            "steps": steps, "tokens_per_s": steady_tokens_per_s(rows),
             "train_time_s": max((r.get("train_time_s", 0) for r in rows), default=None),
             "curve": [[(parent_tokens or 0) + r["tokens_seen"], r["val/ppl"]] for r in rows if "val/ppl" in r]}
 

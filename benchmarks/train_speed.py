@@ -3,7 +3,7 @@
 minimal nanoGPT-style reference (benchmarks/nanogpt_ref.py, compiled) and transformers'
 GPT2LMHeadModel (eager; SDPA or its own attention), GPT-2 small, the same tokens per step.
 
-    python benchmarks/train_speed.py --contexts 1024,4096 --out benchmarks/results/h100/train-speed
+    python -m benchmarks.train_speed --contexts 1024,4096 --out benchmarks/results/h200/train-speed
 
 The compiled variants of a context are built and warmed up first (compilation, autotuning),
 then timed in interleaved rounds (A B C A B C ...), each a window of --seconds of steps, after
@@ -29,17 +29,16 @@ import argparse
 import gc
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.nanogpt_ref import NanoGPT  # noqa: E402
-from model import peak_flops  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import ROOT
+from benchmarks.nanogpt_ref import NanoGPT
+from model import peak_flops
 
 # name -> (kind, train.py overrides[, micro-batch tokens of a reference model]).
 # "flash" is train.py's recommended (default) setting.
@@ -325,7 +324,7 @@ def save(out, old_rows, new_rows, meta):
     keys = {(r["variant"], r["context"]) for r in new_rows}
     rows = add_mfu([r for r in old_rows if (r["variant"], r["context"]) not in keys] + new_rows)
     rows.sort(key=lambda r: (r["context"], list(VARIANTS).index(r["variant"])))
-    (out / "train_speed.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    harness.write(out, "train_speed", meta, rows)
     return rows
 
 
@@ -439,9 +438,7 @@ def main():
     store = args.out / "train_speed.json"
     old = json.loads(store.read_text()) if store.is_file() else {"rows": []}
     tokens = np.random.default_rng(0).integers(0, 50257, 50_000_000, dtype=np.uint16)
-    meta = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-            "triton": __import__("triton").__version__, "host": platform.node(),
-            "command": "python benchmarks/train_speed.py " + " ".join(sys.argv[1:])}
+    meta = harness.metadata(host=platform.node())
     new = []
     for context in map(int, args.contexts.split(",")):
         for row in measure(args.variants.split(","), context, args, tokens):

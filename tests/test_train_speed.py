@@ -71,6 +71,6 @@ def test_compiled_variants_are_timed_together_and_hf_alone():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only message")
 def test_without_a_gpu_one_clear_error(tmp_path):
-    r = subprocess.run([sys.executable, "benchmarks/train_speed.py", "--out", str(tmp_path)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "benchmarks.train_speed", "--out", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 2 and "measures training on a CUDA GPU" in r.stderr and "Traceback" not in r.stderr

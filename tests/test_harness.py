@@ -1,0 +1,52 @@
+"""benchmarks/harness.py: the metadata, writers, launcher and tokens/s every benchmark shares."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import harness
+from tests.conftest import ROOT
+
+
+def test_command_is_what_a_user_types():
+    argv = ["--shapes", "64x12", "--out", "/root/scratch/out", str(ROOT / "benchmarks/results/h200/x")]
+    assert harness.command(argv, "benchmarks.bench_attention") == \
+        "python -m benchmarks.bench_attention --shapes 64x12 --out OUT benchmarks/results/h200/x"
+    assert harness.typed("benchmarks/bench_attention.py --out OUT") == "python benchmarks/bench_attention.py --out OUT"
+    assert harness.typed("python -m benchmarks.reproduce OUT") == "python -m benchmarks.reproduce OUT"
+
+
+def test_metadata_and_the_files_written(tmp_path):
+    meta = harness.metadata(["--out", str(tmp_path)], tokens=16384)
+    assert meta["command"].endswith("--out OUT") and meta["tokens"] == 16384
+    assert meta["commit"] is None or len(meta["commit"].split("-")[0]) >= 7
+    rows = [{"n": 1, "ratio": float("nan")}, {"n": 2, "ratio": float("inf")}, {"n": 3, "ratio": 1.5}]
+    table = harness.md_table(["n", "ratio"], [[r["n"], r["ratio"]] for r in rows])
+    harness.write(tmp_path / "out", "bench", meta, rows, table, "A benchmark")
+    stored = json.loads((tmp_path / "out/bench.json").read_text())  # strict JSON: NaN and inf become null
+    assert [r["ratio"] for r in stored["rows"]] == [None, None, 1.5] and stored["meta"] == meta
+    md = (tmp_path / "out/bench.md").read_text().splitlines()
+    assert md[0] == "# A benchmark" and meta["command"] in md[2] and md[4:6] == ["| n | ratio |", "|---|---|"]
+
+
+def test_steady_tokens_per_s_skips_the_compiling_intervals():
+    rows = [{"step": 1, "tokens_per_s": 10.0}, {"step": 2, "val/loss": 3.0}, {"step": 3, "tokens_per_s": 100.0},
+            {"step": 4, "tokens_per_s": 110.0}, {"step": 5, "tokens_per_s": 90.0}]
+    assert harness.steady_tokens_per_s(rows) == 100.0
+    assert harness.steady_tokens_per_s(rows, skip=2) == 100.0
+    assert harness.steady_tokens_per_s(rows[:1]) == 10.0 and harness.steady_tokens_per_s([]) is None
+
+
+def test_scripts_run_as_modules_without_path_hacks():
+    for f in (ROOT / "benchmarks").glob("*.py"):
+        assert "sys.path" not in f.read_text(), f.name
+    r = subprocess.run([sys.executable, "-m", "benchmarks.compare_runs", "--help"], capture_output=True, text=True,
+                       cwd="/")  # installed with the project: found from any directory
+    assert r.returncode == 0 and "Compare training runs" in r.stdout
+
+
+def test_a_failed_run_names_its_log(tmp_path):
+    with pytest.raises(RuntimeError, match=r"run bad failed \(exit 2\); its log: .*bad/train.log"):
+        harness.train(tmp_path / "bad", ["context=0", "wandb.mode=disabled"])
