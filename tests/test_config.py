@@ -43,3 +43,18 @@ def test_generate_config_composes(attention):
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("generate", ["init_from=runs/x", f"attention={attention}"])
     assert cfg.attention.name == attention and cfg.max_new_tokens > 0 and cfg.cache
+
+
+def test_model_defaults_live_once_and_match_the_model():
+    """conf/config.yaml holds the model keys every size shares, equal to GPTConfig's defaults
+    (the Python API's); a size file holds only its architecture."""
+    import dataclasses
+    from model.gpt import GPTConfig
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config")
+    defaults = {f.name: f.default for f in dataclasses.fields(GPTConfig)}
+    shared = {k: v for k, v in cfg.model.items() if k not in ("name", "impl", "n_layer", "n_head", "n_embd")}
+    assert shared and all(defaults[k] == v for k, v in shared.items()), shared
+    assert cfg.model.n_layer == defaults["n_layer"] and cfg.model.n_embd == defaults["n_embd"]  # gpt2-small
+    for size in options("model"):
+        assert set(OmegaConf.load(CONF / "model" / f"{size}.yaml")) == {"name", "n_layer", "n_head", "n_embd"}, size
