@@ -1,5 +1,11 @@
-"""Standard attention (the FlashAttention paper's baseline): S = QK^T materialised in HBM,
-softmax in fp32, dropout, then times V. Memory grows as N^2; used as the reference."""
+"""Standard attention, the FlashAttention paper's baseline, as PyTorch users write it (the model
+is HuggingFace GPT-2's eager attention): S = Q K^T materialised in HBM in the inputs' dtype
+(tensor cores for fp16 / bf16), the softmax in fp32, P cast back to the inputs' dtype, dropout,
+then P V. Memory grows as N^2.
+
+`reference_attention` computes the same in fp32 throughout (fp64 for fp64 inputs): the
+reference the kernel tests measure errors against, not a baseline to time.
+"""
 
 import math
 
@@ -17,22 +23,40 @@ def causal_mask(n_q, n_k, device):
     return j <= i + (n_k - n_q)
 
 
-def attention_probs(q, k, causal=False, scale=None):
-    """softmax(scale * Q K^T) in fp32 (fp64 for fp64 inputs), shape (B, H, N_q, N_k).
-    Rows that see no key are 0."""
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    dt = torch.promote_types(q.dtype, torch.float32)
-    s = torch.einsum("bqhd,bkhd->bhqk", q.to(dt), k.to(dt)) * scale
+def _softmax(s, q, k, causal):
+    """softmax of scores s (B, H, N_q, N_k) in fp32 (fp64 for fp64 scores), masked causally;
+    rows that see no key (only when N_q > N_k) are 0."""
+    s = s.to(torch.promote_types(s.dtype, torch.float32))
     if causal:
         s = s.masked_fill(~causal_mask(q.shape[1], k.shape[1], q.device), float("-inf"))
-    return torch.softmax(s, dim=-1).nan_to_num(0.0)
+    p = torch.softmax(s, dim=-1)
+    return p.nan_to_num(0.0) if causal and q.shape[1] > k.shape[1] else p
 
 
-def naive_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, keep_mask=None):
-    """q: (B, N_q, H, d), k, v: (B, N_k, H, d) -> (B, N_q, H, d) in q's dtype.
-    keep_mask (B, H, N_q, N_k), if given, is used as the dropout mask instead of a fresh draw."""
+def _scale(q, scale):
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+
+
+def naive_attention(q, k, v, causal=False, dropout_p=0.0, scale=None):
+    """q: (B, N_q, H, d), k, v: (B, N_k, H, d) -> (B, N_q, H, d) in v's dtype."""
     check_qkv(q, k, v, "naive")
-    p = attention_probs(q, k, causal, scale)
+    s = torch.einsum("bqhd,bkhd->bhqk", q, k) * _scale(q, scale)  # the inputs' dtype
+    p = _softmax(s, q, k, causal).to(v.dtype)
+    if dropout_p > 0:
+        p = torch.nn.functional.dropout(p, dropout_p)
+    return torch.einsum("bhqk,bkhd->bqhd", p, v)
+
+
+def reference_probs(q, k, causal=False, scale=None):
+    """softmax(scale * Q K^T) with the matmul in fp32 (fp64 for fp64 inputs), (B, H, N_q, N_k)."""
+    dt = torch.promote_types(q.dtype, torch.float32)
+    return _softmax(torch.einsum("bqhd,bkhd->bhqk", q.to(dt), k.to(dt)) * _scale(q, scale), q, k, causal)
+
+
+def reference_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, keep_mask=None):
+    """Attention in fp32 throughout (fp64 for fp64 inputs), returned in v's dtype. keep_mask
+    (B, H, N_q, N_k), if given, is the dropout mask instead of a fresh draw."""
+    p = reference_probs(q, k, causal, scale)
     if keep_mask is not None:
         p = p * keep_mask / (1.0 - dropout_p)
     elif dropout_p > 0:

@@ -46,3 +46,19 @@ def test_packed_call_of_a_backend_without_a_packed_kernel_unbinds():
     qkv = torch.randn(2, 9, 3, 2, 16, dtype=torch.float64)
     o = get_attention("sdpa", packed=True, kernel="math")(qkv, causal=True)
     torch.testing.assert_close(o, get_attention("naive")(*qkv.unbind(2), causal=True), rtol=1e-9, atol=1e-9)
+
+
+def test_naive_is_standard_attention_as_pytorch_users_write_it():
+    """Scores in the inputs' dtype (bf16 here: tensor cores on a GPU), the softmax in fp32, P
+    cast back: HF GPT-2's eager attention under autocast. The fp32 reference is another function."""
+    from attention.naive import naive_attention, reference_attention
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 33, 2, 16, generator=g).to(torch.bfloat16) for _ in range(3))
+    s = (q.transpose(1, 2) @ k.transpose(1, 2).transpose(-1, -2)) * 0.25  # a bf16 matmul
+    s = s.float().masked_fill(~causal_mask(33, 33, "cpu"), float("-inf"))
+    expected = (torch.softmax(s, -1).to(torch.bfloat16) @ v.transpose(1, 2)).transpose(1, 2)
+    o = naive_attention(q, k, v, causal=True)
+    assert o.dtype == torch.bfloat16
+    torch.testing.assert_close(o, expected, rtol=0, atol=1e-2)
+    ref = reference_attention(q.double(), k.double(), v.double(), causal=True)
+    assert (o.double() - ref).abs().max() > (reference_attention(q, k, v, causal=True).double() - ref).abs().max()

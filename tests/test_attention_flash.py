@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from attention import get_attention
-from attention.naive import naive_attention
+from attention.naive import reference_attention
 from tests.conftest import GPU, gpu_only, triton_device
 
 pytestmark = triton_device
@@ -60,8 +60,8 @@ def _errors(backend, dtype, d, causal, n_q, n_k, p, batch=2, heads=3, layout=lam
         grads = torch.autograd.grad(o, x, do.to(dt))
         return [o, *grads]
 
-    ref = run(naive_attention, torch.float64, keep_mask=keep)
-    low = run(naive_attention, dtype, keep_mask=keep)
+    ref = run(reference_attention, torch.float64, keep_mask=keep)
+    low = run(reference_attention, dtype, keep_mask=keep)
     # Poison: fill and free blocks of the outputs' sizes, so the caching allocator hands
     # NaN-filled memory to the kernels' outputs and an unwritten element shows as NaN.
     for t in (q, k, v, q):
@@ -117,7 +117,7 @@ def test_returned_lse_and_its_gradient():
     r = [t.detach().double().requires_grad_() for t in x]
     s = torch.einsum("bqhd,bkhd->bhqk", r[0], r[1]) / 4
     s = s.masked_fill(~torch.ones(19, 19, dtype=torch.bool, device=DEVICE).tril(), float("-inf"))
-    (torch.logsumexp(s, -1).sum() + naive_attention(*r, causal=True).sum()).backward()
+    (torch.logsumexp(s, -1).sum() + reference_attention(*r, causal=True).sum()).backward()
     assert (lse.double() - torch.logsumexp(s, -1)).abs().max() < 1e-3
     for a, b in zip(x, r):
         assert (a.grad.double() - b.grad).abs().max() < 1e-2
