@@ -132,10 +132,13 @@ def _schedule(N, B: tl.constexpr, LAST_FIRST: tl.constexpr, HEADS_OUTER: tl.cons
 
 
 @triton.jit
-def _key_range(i, N_Q, N_K, CAUSAL: tl.constexpr, MASK_EDGE: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr):
-    """Key columns Q block i visits: [0, unmasked_end) are visible to all its rows (no mask),
-    [unmasked_end, end) cross the diagonal or the ragged end of K (masked). MASK_EDGE=False
-    when zero-loaded K/V rows past N_K are harmless (the dQ pass)."""
+def _key_range(i, N_Q, N_K, window, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, MASK_EDGE: tl.constexpr,
+               B_r: tl.constexpr, B_c: tl.constexpr):
+    """Key columns [start, end) that Q block i visits, in three parts: [full_start,
+    unmasked_end) are visible to all its rows (no mask); [start, full_start) hold the window's
+    far edge and [unmasked_end, end) the causal diagonal or the ragged end of K (masked).
+    Without a window start = full_start = 0. MASK_EDGE=False when zero-loaded K/V rows past N_K
+    are harmless (the dQ pass)."""
     shift = N_K - N_Q
     if CAUSAL:
         end = tl.minimum(tl.maximum((i + 1) * B_r + shift, 0), N_K)
@@ -146,7 +149,22 @@ def _key_range(i, N_Q, N_K, CAUSAL: tl.constexpr, MASK_EDGE: tl.constexpr, B_r: 
     else:
         end = N_K
         unmasked_end = N_K
-    return unmasked_end, end
+    if WINDOW:  # row r sees keys (r + shift - window, r + shift]: its first row the farthest back
+        start = tl.maximum(i * B_r + shift - window + 1, 0) // B_c * B_c
+        full_start = tl.minimum(tl.cdiv(tl.maximum(i * B_r + B_r + shift - window, 0), B_c) * B_c, unmasked_end)
+    else:
+        start = 0
+        full_start = 0
+    return start, full_start, unmasked_end, end
+
+
+@triton.jit
+def _visible(rows, cols, shift, window, CAUSAL: tl.constexpr, WINDOW: tl.constexpr):
+    """Which (row, col) pairs of a tile pass the causal and window masks (bottom-right aligned)."""
+    ok = cols <= rows + shift
+    if WINDOW:
+        ok = ok & (cols > rows + shift - window)
+    return ok
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,8 +172,8 @@ def _key_range(i, N_Q, N_K, CAUSAL: tl.constexpr, MASK_EDGE: tl.constexpr, B_r: 
 # --------------------------------------------------------------------------------------------
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn, start, end,
-               offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p,
-               MASKED: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
+               offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DROPOUT: tl.constexpr,
                B_c: tl.constexpr, TMA: tl.constexpr):
     """Streams K/V blocks [start, end) through the online softmax of one Q block. With TMA,
     K_block and V_block are tensor descriptors (the copy engine fetches whole tiles and fills
@@ -175,14 +193,15 @@ def _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn, start, 
         if MASKED:
             valid = cols[None, :] < N_K
             if CAUSAL:
-                valid = valid & (cols[None, :] <= offs_m[:, None] + shift)
+                valid = valid & _visible(offs_m[:, None], cols[None, :], shift, window, CAUSAL, WINDOW)
             s = tl.where(valid, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that see no key yet
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that see no key yet stay at -inf
         else:
             m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
+            m_use = m_new
+        p = tl.math.exp2(s - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         if DROPOUT:
             p = tl.where(dropout_keep(seed, bh, offs_m[:, None], cols[None, :], N_Q, N_K, dropout_p), p, 0.0)
@@ -195,9 +214,10 @@ def _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn, start, 
 def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr,
                       stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
                       stride_vb, stride_vn, stride_vh, stride_ob, stride_on, stride_oh,
-                      H, BH_BUCKET, NQ_BUCKET, NK_BUCKET, N_Q, N_K, qk_scale, dropout_p,
-                      CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, D: tl.constexpr, WIDE: tl.constexpr,
-                      HEADS_OUTER: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr, TMA: tl.constexpr):
+                      H, BH_BUCKET, NQ_BUCKET, NK_BUCKET, N_Q, N_K, qk_scale, dropout_p, window,
+                      CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DROPOUT: tl.constexpr, D: tl.constexpr,
+                      WIDE: tl.constexpr, HEADS_OUTER: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr,
+                      TMA: tl.constexpr):
     bh, i = _schedule(N_Q, B_r, CAUSAL, HEADS_OUTER, WIDE)
     b = bh // H
     h = bh % H
@@ -222,13 +242,17 @@ def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr,
     acc = tl.zeros([B_r, D], dtype=tl.float32)
 
     shift = N_K - N_Q
-    unmasked_end, end = _key_range(i, N_Q, N_K, CAUSAL, True, B_r, B_c)
+    start, full_start, unmasked_end, end = _key_range(i, N_Q, N_K, window, CAUSAL, WINDOW, True, B_r, B_c)
+    if WINDOW:
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
+                                   start, full_start, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
+                                   qk_scale, dropout_p, window, True, CAUSAL, WINDOW, DROPOUT, B_c, TMA)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
-                               0, unmasked_end, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
-                               qk_scale, dropout_p, False, CAUSAL, DROPOUT, B_c, TMA)
+                               full_start, unmasked_end, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
+                               qk_scale, dropout_p, window, False, CAUSAL, WINDOW, DROPOUT, B_c, TMA)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
                                unmasked_end, end, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
-                               qk_scale, dropout_p, True, CAUSAL, DROPOUT, B_c, TMA)
+                               qk_scale, dropout_p, window, True, CAUSAL, WINDOW, DROPOUT, B_c, TMA)
 
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
@@ -257,8 +281,8 @@ def _row_delta(o, do, dLSE_row, offs_m, row_ok, HAS_DLSE: tl.constexpr):
 
 @triton.jit
 def _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE_row, Delta_row, stride_qn, stride_don,
-                    start, end, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p,
-                    MASKED: tl.constexpr, DROPOUT: tl.constexpr, B_r: tl.constexpr):
+                    start, end, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window,
+                    MASKED: tl.constexpr, WINDOW: tl.constexpr, DROPOUT: tl.constexpr, B_r: tl.constexpr):
     """Accumulates dK_j, dV_j over query blocks [start, end), in the transposed frame (S^T)."""
     for start_m in range(start, end, B_r):
         rows = start_m + offs_m0
@@ -270,8 +294,8 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE_row, Delta_row, stride_
         delta = tl.load(Delta_row + rows, mask=row_ok, other=0.0)
         sT = tl.dot(k, qT) * qk_scale
         pT = tl.math.exp2(sT - lse[None, :] * 1.4426950408889634)
-        if MASKED:  # causal diagonal blocks
-            pT = tl.where(offs_n[:, None] <= rows[None, :] + shift, pT, 0.0)
+        if MASKED:  # causal diagonal blocks, the window's edge
+            pT = tl.where(_visible(rows[None, :], offs_n[:, None], shift, window, True, WINDOW), pT, 0.0)
         dpT = tl.dot(v, tl.trans(do)).to(tl.float32)
         if DROPOUT:
             keep = dropout_keep(seed, bh, rows[None, :], offs_n[:, None], N_Q, N_K, dropout_p)
@@ -290,9 +314,9 @@ def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr,
                            stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
                            stride_vb, stride_vn, stride_vh, stride_dob, stride_don, stride_doh,
                            stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
-                           H, BH_BUCKET, NQ_BUCKET, NK_BUCKET, N_Q, N_K, qk_scale, sm_scale, dropout_p,
-                           CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, D: tl.constexpr, WIDE: tl.constexpr,
-                           HEADS_OUTER: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr):
+                           H, BH_BUCKET, NQ_BUCKET, NK_BUCKET, N_Q, N_K, qk_scale, sm_scale, dropout_p, window,
+                           CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DROPOUT: tl.constexpr, D: tl.constexpr,
+                           WIDE: tl.constexpr, HEADS_OUTER: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr):
     bh, j = _schedule(N_K, B_c, False, HEADS_OUTER, WIDE)  # low j sees the most queries under causal: longest-first already
     b = bh // H
     h = bh % H
@@ -310,20 +334,32 @@ def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr,
     dv = tl.zeros([B_c, D], dtype=tl.float32)
 
     shift = N_K - N_Q
+    rows_end = tl.cdiv(N_Q, B_r) * B_r
     if CAUSAL:
         # Query rows that see any of this block start at j*B_c - shift; rows from
-        # j*B_c + B_c - 1 - shift on see all of it.
+        # j*B_c + B_c - 1 - shift on see all of it ...
         start = tl.maximum(j * B_c - shift, 0) // B_r * B_r
-        mid = tl.minimum(tl.maximum(tl.cdiv(j * B_c + B_c - 1 - shift, B_r) * B_r, start), tl.cdiv(N_Q, B_r) * B_r)
+        mid = tl.minimum(tl.maximum(tl.cdiv(j * B_c + B_c - 1 - shift, B_r) * B_r, start), rows_end)
     else:
         start = 0
         mid = 0
+    full_end = N_Q
+    end = N_Q
+    if WINDOW:
+        # ... up to row j*B_c - shift + window - 1; rows from j*B_c + B_c - 1 - shift + window
+        # on see none of it.
+        end = tl.minimum(tl.cdiv(tl.maximum(j * B_c + B_c - shift + window - 1, 0), B_r) * B_r, rows_end)
+        full_end = tl.minimum(tl.maximum(tl.maximum(j * B_c - shift + window, 0) // B_r * B_r, mid), end)
     dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
                              stride_qn, stride_don, start, mid, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
-                             shift, qk_scale, dropout_p, True, DROPOUT, B_r)
+                             shift, qk_scale, dropout_p, window, True, WINDOW, DROPOUT, B_r)
     dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
-                             stride_qn, stride_don, mid, N_Q, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
-                             shift, qk_scale, dropout_p, False, DROPOUT, B_r)
+                             stride_qn, stride_don, mid, full_end, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
+                             shift, qk_scale, dropout_p, window, False, WINDOW, DROPOUT, B_r)
+    if WINDOW:
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
+                                 stride_qn, stride_don, full_end, end, offs_m0, offs_n, offs_d, seed, bh, N_Q,
+                                 N_K, shift, qk_scale, dropout_p, window, True, WINDOW, DROPOUT, B_r)
     tl.store(dK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :],
              (dk * sm_scale).to(dK.dtype.element_ty), mask=col_ok)
     tl.store(dV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :],
@@ -332,8 +368,8 @@ def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr,
 
 @triton.jit
 def _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, start, end,
-                  offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p,
-                  MASKED: tl.constexpr, DROPOUT: tl.constexpr, B_c: tl.constexpr):
+                  offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window,
+                  MASKED: tl.constexpr, WINDOW: tl.constexpr, DROPOUT: tl.constexpr, B_c: tl.constexpr):
     """Accumulates dQ_i over key blocks [start, end). Keys past N_K load as zero rows of K and
     V, which makes their dS K contribution exactly zero: only the causal mask is needed."""
     for start_n in range(start, end, B_c):
@@ -344,7 +380,7 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn
         s = tl.dot(q, kT) * qk_scale
         p = tl.math.exp2(s - lse2[:, None])
         if MASKED:
-            p = tl.where(cols[None, :] <= offs_m[:, None] + shift, p, 0.0)
+            p = tl.where(_visible(offs_m[:, None], cols[None, :], shift, window, True, WINDOW), p, 0.0)
         dp = tl.dot(do, vT).to(tl.float32)
         if DROPOUT:
             keep = dropout_keep(seed, bh, offs_m[:, None], cols[None, :], N_Q, N_K, dropout_p)
@@ -359,8 +395,8 @@ def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr, O, dLSE,
                          stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
                          stride_vb, stride_vn, stride_vh, stride_dob, stride_don, stride_doh,
                          stride_dqb, stride_dqn, stride_dqh, stride_ob, stride_on, stride_oh,
-                         H, BH_BUCKET, NQ_BUCKET, NK_BUCKET, N_Q, N_K, qk_scale, sm_scale, dropout_p,
-                         CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, HAS_DLSE: tl.constexpr,
+                         H, BH_BUCKET, NQ_BUCKET, NK_BUCKET, N_Q, N_K, qk_scale, sm_scale, dropout_p, window,
+                         CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DROPOUT: tl.constexpr, HAS_DLSE: tl.constexpr,
                          D: tl.constexpr, WIDE: tl.constexpr, HEADS_OUTER: tl.constexpr, B_r: tl.constexpr,
                          B_c: tl.constexpr):
     """Runs before the dK/dV kernel: its prologue computes D for its rows and writes it for
@@ -385,13 +421,17 @@ def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr, O, dLSE,
     dq = tl.zeros([B_r, D], dtype=tl.float32)
 
     shift = N_K - N_Q
-    unmasked_end, end = _key_range(i, N_Q, N_K, CAUSAL, False, B_r, B_c)
-    dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, 0, unmasked_end,
-                       offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p,
-                       False, DROPOUT, B_c)
+    start, full_start, unmasked_end, end = _key_range(i, N_Q, N_K, window, CAUSAL, WINDOW, False, B_r, B_c)
+    if WINDOW:
+        dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, start, full_start,
+                           offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window,
+                           True, WINDOW, DROPOUT, B_c)
+    dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, full_start, unmasked_end,
+                       offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window,
+                       False, WINDOW, DROPOUT, B_c)
     dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, unmasked_end, end,
-                       offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p,
-                       True, DROPOUT, B_c)
+                       offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window,
+                       True, WINDOW, DROPOUT, B_c)
     tl.store(dQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqn + offs_d[None, :],
              (dq * sm_scale).to(dQ.dtype.element_ty), mask=row_ok[:, None])
 
@@ -515,8 +555,8 @@ def _kernel(name, d, decode=False, tma=False):
         # The sizes enter the key as power-of-two buckets (see `bucket`): batch x heads, because
         # the best tile depends on how many programs fill the GPU, and N_q, N_k, so that a new
         # length in a known bucket (a prompt, evaluation at another context) is not tuned again.
-        _tuned[name, d, tma] = triton.autotune(configs, key=["NQ_BUCKET", "NK_BUCKET", "BH_BUCKET", "CAUSAL", "DROPOUT",
-                                                             "D", "WIDE"],
+        _tuned[name, d, tma] = triton.autotune(configs, key=["NQ_BUCKET", "NK_BUCKET", "BH_BUCKET", "CAUSAL", "WINDOW",
+                                                             "DROPOUT", "D", "WIDE"],
                                                cache_results=options["tuning_cache"])(KERNELS[name])
     return _tuned[name, d, tma], {}
 
@@ -633,19 +673,19 @@ def _launch(name, D, n, tile, batch_heads, args, constexprs, signature):
         _COMPILED[key] = (compiled, tail, chosen[tile], chosen.get("TMA", False))
 
 
-def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale):
+def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, window):
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, N_q, device=q.device, dtype=torch.float32)
     _launch("fwd", D, N_q, "B_r", B * H,
             (q, k, v, o, lse, seed, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
-             H, bucket(B * H), bucket(N_q), bucket(N_k), N_q, N_k, scale * LOG2E, dropout_p),
-            dict(CAUSAL=causal, DROPOUT=dropout_p > 0, D=D), _signature(q, k, v, seed))
+             H, bucket(B * H), bucket(N_q), bucket(N_k), N_q, N_k, scale * LOG2E, dropout_p, window),
+            dict(CAUSAL=causal, WINDOW=window > 0, DROPOUT=dropout_p > 0, D=D), _signature(q, k, v, seed))
     return o, lse
 
 
-def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, dq, dk, dv):
+def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, window, dq, dk, dv):
     """Writes dQ, dK, dV into dq, dk, dv (contiguous in head_dim; e.g. views of one packed gradient)."""
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
@@ -654,8 +694,8 @@ def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, dq, d
     delta = torch.empty_like(lse)
     args = (q, k, v, do)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
-    scalars = (H, bucket(B * H), bucket(N_q), bucket(N_k), N_q, N_k, scale * LOG2E, scale, dropout_p)
-    common = dict(CAUSAL=causal, DROPOUT=dropout_p > 0)
+    scalars = (H, bucket(B * H), bucket(N_q), bucket(N_k), N_q, N_k, scale * LOG2E, scale, dropout_p, window)
+    common = dict(CAUSAL=causal, WINDOW=window > 0, DROPOUT=dropout_p > 0)
     signature = _signature(q, k, v, do, seed, *(() if dlse is None else (dlse,)), dq, dk, dv)
     # dQ first: its prologue writes D, which the dK/dV kernel reads.
     _launch("dq", D, N_q, "B_r", B * H,
@@ -682,14 +722,14 @@ def _contiguous_rows(tensors):
     return [t if t.stride(-1) == 1 else t.contiguous() for t in tensors]  # whatever layout a compiler hands over
 
 
-def _forward(tensors, seed, causal, dropout_p, scale):
-    return _flash2_fwd(*_qkv(_contiguous_rows(tensors)), seed, causal, dropout_p, scale)
+def _forward(tensors, seed, causal, dropout_p, scale, window):
+    return _flash2_fwd(*_qkv(_contiguous_rows(tensors)), seed, causal, dropout_p, scale, window)
 
 
-def _backward(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale):
+def _backward(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale, window):
     tensors = _contiguous_rows(tensors)
     grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
-    _flash2_bwd(do, *_qkv(tensors), o, lse, dlse, seed, causal, dropout_p, scale, *_qkv(grads))
+    _flash2_bwd(do, *_qkv(tensors), o, lse, dlse, seed, causal, dropout_p, scale, window, *_qkv(grads))
     return grads
 
 
@@ -699,12 +739,12 @@ def _backward(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale):
 # call than the kernels take at GPT-2 sizes (benchmarks/results/h100/notes.md).
 @torch.library.custom_op("gpt2flash::flash2_fwd", mutates_args=())
 def flash2_fwd(tensors: list[torch.Tensor], seed: torch.Tensor, causal: bool, dropout_p: float,
-               scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward(tensors, seed, causal, dropout_p, scale)
+               scale: float, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(tensors, seed, causal, dropout_p, scale, window)
 
 
 @flash2_fwd.register_fake
-def _(tensors, seed, causal, dropout_p, scale):
+def _(tensors, seed, causal, dropout_p, scale, window):
     B, N, H, D = _qkv(tensors)[0].shape
     return tensors[0].new_empty(B, N, H, D), tensors[0].new_empty(B, H, N, dtype=torch.float32)
 
@@ -712,43 +752,43 @@ def _(tensors, seed, causal, dropout_p, scale):
 @torch.library.custom_op("gpt2flash::flash2_bwd", mutates_args=())
 def flash2_bwd(do: torch.Tensor, tensors: list[torch.Tensor], o: torch.Tensor, lse: torch.Tensor,
                dlse: torch.Tensor | None, seed: torch.Tensor, causal: bool, dropout_p: float,
-               scale: float) -> list[torch.Tensor]:
-    return _backward(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale)
+               scale: float, window: int) -> list[torch.Tensor]:
+    return _backward(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale, window)
 
 
 @flash2_bwd.register_fake
-def _(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale):
+def _(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale, window):
     return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
 
 
 def _setup_context(ctx, inputs, output):
-    tensors, seed, causal, dropout_p, scale = inputs
+    tensors, seed, causal, dropout_p, scale, window = inputs
     ctx.save_for_backward(*tensors, *output, seed)
-    ctx.causal, ctx.dropout_p, ctx.scale = causal, dropout_p, scale
+    ctx.causal, ctx.dropout_p, ctx.scale, ctx.window = causal, dropout_p, scale, window
 
 
 def _grads(ctx, do, dlse, bwd):
     """The gradients of `tensors` through `bwd` (the op or the function)."""
     *tensors, o, lse, seed = ctx.saved_tensors
     do = torch.zeros_like(o) if do is None else do  # only LSE was used
-    return bwd(do, list(tensors), o, lse, dlse, seed, ctx.causal, ctx.dropout_p, ctx.scale)
+    return bwd(do, list(tensors), o, lse, dlse, seed, ctx.causal, ctx.dropout_p, ctx.scale, ctx.window)
 
 
-flash2_fwd.register_autograd(lambda ctx, do, dlse: (_grads(ctx, do, dlse, flash2_bwd), None, None, None, None),
+flash2_fwd.register_autograd(lambda ctx, do, dlse: (_grads(ctx, do, dlse, flash2_bwd), None, None, None, None, None),
                              setup_context=_setup_context)
 
 
 class _Flash2(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, seed, causal, dropout_p, scale, *tensors):
+    def forward(ctx, seed, causal, dropout_p, scale, window, *tensors):
         ctx.set_materialize_grads(False)  # an unused LSE brings no zero-filled gradient
-        output = _forward(tensors, seed, causal, dropout_p, scale)
-        _setup_context(ctx, (tensors, seed, causal, dropout_p, scale), output)
+        output = _forward(tensors, seed, causal, dropout_p, scale, window)
+        _setup_context(ctx, (tensors, seed, causal, dropout_p, scale, window), output)
         return output
 
     @staticmethod
     def backward(ctx, do, dlse):
-        return None, None, None, None, *_grads(ctx, do, dlse, _backward)
+        return None, None, None, None, None, *_grads(ctx, do, dlse, _backward)
 
 
 _ZERO_SEEDS = {}  # a dict, not functools.cache: torch.compile traces through dict lookups silently
@@ -772,29 +812,43 @@ def prepare_inputs(q, k, v, scale, seed, dropout_p, backend, head_dims):
     return q, k, v, scale, seed
 
 
-def _attention(tensors, causal, dropout_p, scale, seed, return_lse):
-    args = (seed, bool(causal), float(dropout_p), scale)
+def _window(window, causal):
+    """The window as the kernels take it (0: none), or one clear error."""
+    if window is None:
+        return 0
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"flash: window must be a whole number >= 1 (each query sees its last `window` keys); got {window!r}")
+    if not causal:
+        raise ValueError("flash: a sliding window is causal (each query sees its last `window` keys): pass causal=True")
+    return window
+
+
+def _attention(tensors, causal, dropout_p, scale, seed, return_lse, window):
+    args = (seed, bool(causal), float(dropout_p), scale, _window(window, causal))
     o, lse = flash2_fwd(tensors, *args) if torch.compiler.is_compiling() else _Flash2.apply(*args, *tensors)
     return (o, lse) if return_lse else o
 
 
-def flash_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, return_lse=False, seed=None):
+def flash_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, return_lse=False, seed=None, window=None):
     """FlashAttention-2. q: (B, N_q, H, d), k and v: (B, N_k, H, d), fp16 or bf16, d in
     {16, 32, 64, 128, 256}. Returns O (B, N_q, H, d), and LSE (B, H, N_q) fp32 when
     return_lse (differentiable too). `seed` (an int64 tensor of one element) fixes the dropout
-    mask; by default a fresh one is drawn from torch's generator."""
+    mask; by default a fresh one is drawn from torch's generator. `window` (with causal): each
+    query sees only its last `window` keys, itself included (sliding-window attention); the
+    blocks wholly outside every row's window are skipped."""
     q, k, v, scale, seed = prepare_inputs(q, k, v, scale, seed, dropout_p, "flash", SUPPORTED_HEAD_DIMS)
-    return _attention([q, k, v], causal, dropout_p, scale, seed, return_lse)
+    return _attention([q, k, v], causal, dropout_p, scale, seed, return_lse, window)
 
 
-def flash_attention_qkvpacked(qkv, causal=False, dropout_p=0.0, scale=None, return_lse=False, seed=None):
+def flash_attention_qkvpacked(qkv, causal=False, dropout_p=0.0, scale=None, return_lse=False, seed=None,
+                              window=None):
     """flash_attention on packed inputs: qkv (B, N, 3, H, d), the fused QKV projection's output
     viewed so, whose gradient comes back packed the same way (no stacking copy)."""
     if qkv.dim() != 5 or qkv.shape[2] != 3:
         raise ValueError(f"flash: packed qkv must be (batch, seq, 3, heads, head_dim); got {tuple(qkv.shape)}")
     qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
     *_, scale, seed = prepare_inputs(*qkv.unbind(2), scale, seed, dropout_p, "flash", SUPPORTED_HEAD_DIMS)
-    return _attention([qkv], causal, dropout_p, scale, seed, return_lse)
+    return _attention([qkv], causal, dropout_p, scale, seed, return_lse, window)
 
 
 configure()

@@ -14,21 +14,24 @@ import torch
 from attention.checks import check_qkv
 
 
-def causal_mask(n_q, n_k, device):
-    """Bottom-right aligned causal mask (True = visible): query i sees key j <= i + n_k - n_q.
-    Equal to the usual lower triangle when n_q == n_k; with a KV cache the new queries see
-    every cached key."""
+def causal_mask(n_q, n_k, device, window=None):
+    """Bottom-right aligned causal mask (True = visible): query i sees key j <= i + n_k - n_q,
+    and with a window only its last `window` keys (j > i + n_k - n_q - window). Equal to the
+    usual lower triangle when n_q == n_k; with a KV cache the new queries see every cached key."""
     i = torch.arange(n_q, device=device)[:, None]
     j = torch.arange(n_k, device=device)[None, :]
-    return j <= i + (n_k - n_q)
+    visible = j <= i + (n_k - n_q)
+    return visible if window is None else visible & (j > i + (n_k - n_q) - window)
 
 
-def _softmax(s, q, k, causal):
-    """softmax of scores s (B, H, N_q, N_k) in fp32 (fp64 for fp64 scores), masked causally;
-    rows that see no key (only when N_q > N_k) are 0."""
+def _softmax(s, q, k, causal, window=None):
+    """softmax of scores s (B, H, N_q, N_k) in fp32 (fp64 for fp64 scores), masked causally
+    (and to a window); rows that see no key (only when N_q > N_k) are 0."""
     s = s.to(torch.promote_types(s.dtype, torch.float32))
     if causal:
-        s = s.masked_fill(~causal_mask(q.shape[1], k.shape[1], q.device), float("-inf"))
+        s = s.masked_fill(~causal_mask(q.shape[1], k.shape[1], q.device, window), float("-inf"))
+    elif window is not None:
+        raise ValueError("naive: a sliding window is causal: pass causal=True")
     p = torch.softmax(s, dim=-1)
     return p.nan_to_num(0.0) if causal and q.shape[1] > k.shape[1] else p
 
@@ -37,26 +40,27 @@ def _scale(q, scale):
     return 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
 
 
-def naive_attention(q, k, v, causal=False, dropout_p=0.0, scale=None):
-    """q: (B, N_q, H, d), k, v: (B, N_k, H, d) -> (B, N_q, H, d) in v's dtype."""
+def naive_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, window=None):
+    """q: (B, N_q, H, d), k, v: (B, N_k, H, d) -> (B, N_q, H, d) in v's dtype. window (with
+    causal): each query sees its last `window` keys."""
     check_qkv(q, k, v, "naive")
     s = torch.einsum("bqhd,bkhd->bhqk", q, k) * _scale(q, scale)  # the inputs' dtype
-    p = _softmax(s, q, k, causal).to(v.dtype)
+    p = _softmax(s, q, k, causal, window).to(v.dtype)
     if dropout_p > 0:
         p = torch.nn.functional.dropout(p, dropout_p)
     return torch.einsum("bhqk,bkhd->bqhd", p, v)
 
 
-def reference_probs(q, k, causal=False, scale=None):
+def reference_probs(q, k, causal=False, scale=None, window=None):
     """softmax(scale * Q K^T) with the matmul in fp32 (fp64 for fp64 inputs), (B, H, N_q, N_k)."""
     dt = torch.promote_types(q.dtype, torch.float32)
-    return _softmax(torch.einsum("bqhd,bkhd->bhqk", q.to(dt), k.to(dt)) * _scale(q, scale), q, k, causal)
+    return _softmax(torch.einsum("bqhd,bkhd->bhqk", q.to(dt), k.to(dt)) * _scale(q, scale), q, k, causal, window)
 
 
-def reference_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, keep_mask=None):
+def reference_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, keep_mask=None, window=None):
     """Attention in fp32 throughout (fp64 for fp64 inputs), returned in v's dtype. keep_mask
     (B, H, N_q, N_k), if given, is the dropout mask instead of a fresh draw."""
-    p = reference_probs(q, k, causal, scale)
+    p = reference_probs(q, k, causal, scale, window)
     if keep_mask is not None:
         p = p * keep_mask / (1.0 - dropout_p)
     elif dropout_p > 0:

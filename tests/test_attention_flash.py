@@ -43,8 +43,8 @@ CASES = [pytest.param(b, dt, d, c, n, p, marks=pytest.mark.xdist_group(f"{b}-{dt
          if not (b == "flash1" and d == 256)]
 
 
-def _errors(backend, dtype, d, causal, n_q, n_k, p, batch=2, heads=3, layout=lambda t: t):
-    g = torch.Generator(device=DEVICE).manual_seed(zlib.crc32(repr((backend, d, causal, n_q, n_k, p)).encode()))
+def _errors(backend, dtype, d, causal, n_q, n_k, p, batch=2, heads=3, layout=lambda t: t, window=None):
+    g = torch.Generator(device=DEVICE).manual_seed(zlib.crc32(repr((backend, d, causal, n_q, n_k, p, window)).encode()))
     q, k, v = (torch.randn(batch, n, heads, d, device=DEVICE, generator=g, dtype=dtype)
                for n in (n_q, n_k, n_k))
     do = torch.randn(batch, n_q, heads, d, device=DEVICE, generator=g, dtype=dtype)
@@ -60,13 +60,14 @@ def _errors(backend, dtype, d, causal, n_q, n_k, p, batch=2, heads=3, layout=lam
         grads = torch.autograd.grad(o, x, do.to(dt))
         return [o, *grads]
 
-    ref = run(reference_attention, torch.float64, keep_mask=keep)
-    low = run(reference_attention, dtype, keep_mask=keep)
+    masks = {} if window is None else {"window": window}
+    ref = run(reference_attention, torch.float64, keep_mask=keep, **masks)
+    low = run(reference_attention, dtype, keep_mask=keep, **masks)
     # Poison: fill and free blocks of the outputs' sizes, so the caching allocator hands
     # NaN-filled memory to the kernels' outputs and an unwritten element shows as NaN.
     for t in (q, k, v, q):
         torch.full_like(t, float("nan"))
-    ours = run(get_attention(backend), dtype, layout, seed=seed)
+    ours = run(get_attention(backend), dtype, layout, seed=seed, **masks)
     scale = max(1.0, *(r.abs().max().item() for r in ref))
     floor = 2 * torch.finfo(dtype).eps * scale
     return [((a.double() - r).abs().max().item(), (b.double() - r).abs().max().item(), floor)
@@ -80,6 +81,37 @@ def test_matches_reference(backend, dtype, d, causal, lengths, p):
                                    _errors(backend, dtype, d, causal, *lengths, p)):
         assert ours == ours, f"{name}: NaN"
         assert ours <= 2 * naive + floor, f"{name}: error {ours:.2e} > 2 x naive {naive:.2e} + {floor:.1e}"
+
+
+if GPU:
+    WINDOW_CASES = [(w, n, p) for w in (1, 5, 64, 127, 128, 129, 1000, 5000) for n in [(1000, 1000), (4097, 4097),
+                    (113, 517), (517, 113), (1, 300)] for p in DROPOUT]
+else:  # B_r = B_c = 16 under the interpreter: windows inside one block, across two, and wider than N
+    WINDOW_CASES = [(1, (40, 40), 0.0), (5, (23, 40), 0.17), (17, (40, 40), 0.17), (17, (40, 23), 0.0),
+                    (33, (23, 40), 0.0), (100, (40, 40), 0.0)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("window,lengths,p", WINDOW_CASES)
+def test_sliding_window_matches_reference(dtype, window, lengths, p):
+    """Each query sees its last `window` keys: output and gradients against the windowed
+    reference, with the blocks outside every row's window skipped (windows of one key,
+    within one block, across blocks, past the start of the sequence and wider than it;
+    N_q != N_k both ways, so rows that see no key too)."""
+    for name, (ours, naive, floor) in zip(["out", "dq", "dk", "dv"],
+                                          _errors("flash", dtype, 16 if not GPU else 64, True, *lengths, p,
+                                                  window=window)):
+        assert ours == ours, f"{name}: NaN"
+        assert ours <= 2 * naive + floor, f"{name}: error {ours:.2e} > 2 x naive {naive:.2e} + {floor:.1e}"
+
+
+def test_window_arguments_are_checked():
+    from attention.flash import flash_attention
+    q = torch.randn(1, 8, 1, 16, device=DEVICE, dtype=torch.float16)
+    with pytest.raises(ValueError, match="a sliding window is causal"):
+        flash_attention(q, q, q, window=4)
+    with pytest.raises(ValueError, match="window must be a whole number >= 1"):
+        flash_attention(q, q, q, causal=True, window=0)
 
 
 LAYOUTS = {  # differentiable views of (B, N, H, d) inputs with other strides or alignment
