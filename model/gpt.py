@@ -35,6 +35,7 @@ class GPTConfig:
                                  # dQKV comes back in one tensor (attention/__init__.py); False: q, k, v apart
     attention: str = "sdpa"
     attention_options: dict = field(default_factory=dict)
+    window: int | None = None    # sliding-window attention: each token sees its last `window` tokens
 
     @property
     def padded_vocab(self):
@@ -50,6 +51,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.attn_dropout = cfg.attn_dropout
+        self.masks = {} if cfg.window is None else {"window": cfg.window}  # passed only when set: every backend takes none
         self.attn = get_attention(cfg.attention, **cfg.attention_options)
         self.attn_packed = get_attention(cfg.attention, packed=True, **cfg.attention_options) if cfg.qkv_packed else None
 
@@ -58,12 +60,12 @@ class CausalSelfAttention(nn.Module):
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim)
         dropout_p = self.attn_dropout if self.training else 0.0
         if cache is None and self.attn_packed is not None:  # the backward returns dQKV in this layout: no stacking copy
-            y = self.attn_packed(qkv, causal=True, dropout_p=dropout_p)
+            y = self.attn_packed(qkv, causal=True, dropout_p=dropout_p, **self.masks)
         else:
             q, k, v = qkv.unbind(2)
             if cache is not None:  # the new queries attend to every cached key (bottom-right causal)
                 k, v = cache.append(layer, k, v)
-            y = self.attn(q, k, v, causal=True, dropout_p=dropout_p)
+            y = self.attn(q, k, v, causal=True, dropout_p=dropout_p, **self.masks)
         return self.resid_dropout(self.c_proj(y.reshape(B, T, C)))
 
 

@@ -62,3 +62,14 @@ def test_naive_is_standard_attention_as_pytorch_users_write_it():
     torch.testing.assert_close(o, expected, rtol=0, atol=1e-2)
     ref = reference_attention(q.double(), k.double(), v.double(), causal=True)
     assert (o.double() - ref).abs().max() > (reference_attention(q, k, v, causal=True).double() - ref).abs().max()
+
+
+@pytest.mark.parametrize("n_q,n_k", [(37, 37), (13, 37)])
+def test_sdpa_window_equals_naive_window(n_q, n_k):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, n, 3, 16, dtype=torch.float64) for n in (n_q, n_k, n_k))
+    o = get_attention("sdpa")(q, k, v, causal=True, window=5)
+    torch.testing.assert_close(o, get_attention("naive")(q, k, v, causal=True, window=5), rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(o, get_attention("naive")(q, k, v, causal=True))
+    with pytest.raises(ValueError, match="a sliding window is causal"):
+        get_attention("sdpa")(q, k, v, window=5)

@@ -65,3 +65,25 @@ def test_generate_command(tiny_run):
     r2 = subprocess.run(cmd + ["cache=false"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     text = lambda out: out.split("-" * 80)[1]  # noqa: E731
     assert text(r2.stdout) == text(r.stdout)  # greedy: the same text with and without the cache
+
+
+@pytest.mark.parametrize("attention", ["naive", "sdpa", pytest.param("flash", marks=triton_device)])
+def test_sliding_window_model_generates_with_its_cache(attention):
+    """model.window: a window as long as the context changes nothing; a short one changes the
+    logits, and decoding with the KV cache (one query against the cache, bottom-right aligned)
+    gives the tokens a full recomputation gives."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float16 if attention == "flash" else torch.float32
+    torch.manual_seed(0)
+    full = GPT(GPTConfig(attention=attention, **TINY)).to(device, dtype).eval()
+    wide = GPT(GPTConfig(attention=attention, window=TINY["context"], **TINY)).to(device, dtype).eval()
+    short = GPT(GPTConfig(attention=attention, window=3, **TINY)).to(device, dtype).eval()
+    wide.load_state_dict(full.state_dict())
+    short.load_state_dict(full.state_dict())
+    idx = torch.randint(0, 50257, (1, 12), device=device)
+    with torch.no_grad():
+        torch.testing.assert_close(wide(idx), full(idx), rtol=0, atol=0)
+        assert not torch.allclose(short(idx), full(idx))
+    cached, _ = generate(short, idx[:, :5], 6, temperature=0)
+    plain, _ = generate(short, idx[:, :5], 6, temperature=0, cache=False)
+    assert torch.equal(cached, plain)

@@ -62,6 +62,8 @@ CONFIG_ERRORS = [
     ("train.init_positions=stretch", "train.init_positions='stretch' is not one of: copy | interpolate"),
     ("train.steps_per_run=0", "train.steps_per_run=0: a positive whole number or null is needed"),
     ("model.n_head=5", "model.n_embd=64 is not a multiple of model.n_head=5"),
+    ("model.window=0", "model.window=0: a positive whole number or null is needed"),
+    ("model.impl=hf model.window=64", "model.window (sliding-window attention) needs model.impl=ours"),
 ]
 # ... and through train.py, as a user meets them: one line on stderr, exit 2, nothing written.
 BAD_INPUT = [
@@ -80,7 +82,7 @@ def test_config_errors_name_the_key(override, message):
     from hydra import compose, initialize_config_dir
     from training.config import UserError, check
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", [o for o in SMALL if o != "experiment=smoke"] + ["experiment=smoke", override])
+        cfg = compose("config", [o for o in SMALL if o != "experiment=smoke"] + ["experiment=smoke", *override.split()])
     with pytest.raises(UserError) as e:
         check(cfg)
     assert message in str(e.value) and "\n" not in str(e.value)

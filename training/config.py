@@ -36,13 +36,13 @@ POSITIVE = ("context", "model.n_layer", "model.n_head", "model.n_embd", "model.v
             "train.ckpt_every", "train.keep_checkpoints")
 NON_NEGATIVE = ("train.lr", "train.min_lr", "train.warmup_steps", "train.weight_decay", "train.grad_clip",
                 "model.dropout", "model.attn_dropout", "train.ddp_bucket_mb")
-OPTIONAL_POSITIVE = ("train.steps_per_run", "train.eval_tokens", "data.max_docs")
+OPTIONAL_POSITIVE = ("train.steps_per_run", "train.eval_tokens", "data.max_docs", "model.window")
 # Values that shape what a run learns: a resumed run keeps its checkpoint's unless told
 # (train.allow_changes); context and architecture never change on resume (use train.init_from).
 RESUME_KEYS = ("train.max_steps", "train.lr", "train.min_lr", "train.warmup_steps", "train.batch_tokens",
                "train.weight_decay", "train.betas", "train.grad_clip", "train.seed")
 FIXED_ON_RESUME = ("context", "model.n_layer", "model.n_head", "model.n_embd", "model.vocab_multiple", "model.impl",
-                   "data.name")
+                   "model.window", "data.name")
 
 
 def _get(cfg, key):
@@ -96,6 +96,9 @@ def check(cfg):
         v = _get(cfg, key)
         if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
             raise UserError(f"{key}={v!r}: a positive whole number or null is needed")
+    if _get(cfg, "model.window") is not None and (cfg.model.impl != "ours" or cfg.attention.name == "flash1"):
+        raise UserError(f"model.window (sliding-window attention) needs model.impl=ours and attention=naive | sdpa | flash; "
+                        f"this run has model.impl={cfg.model.impl}, attention={cfg.attention.name}")
     t = cfg.train
     if t.min_lr > t.lr:
         raise UserError(f"train.min_lr={t.min_lr} is above train.lr={t.lr}")
