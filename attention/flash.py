@@ -132,13 +132,15 @@ def _schedule(N, B: tl.constexpr, LAST_FIRST: tl.constexpr, HEADS_OUTER: tl.cons
 
 
 @triton.jit
-def _key_range(i, N_Q, N_K, window, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, MASK_EDGE: tl.constexpr,
-               B_r: tl.constexpr, B_c: tl.constexpr):
+def _key_range(i, N_Q, N_K, window, DocRow, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr,
+               MASK_EDGE: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr):
     """Key columns [start, end) that Q block i visits, in three parts: [full_start,
-    unmasked_end) are visible to all its rows (no mask); [start, full_start) hold the window's
-    far edge and [unmasked_end, end) the causal diagonal or the ragged end of K (masked).
-    Without a window start = full_start = 0. MASK_EDGE=False when zero-loaded K/V rows past N_K
-    are harmless (the dQ pass)."""
+    unmasked_end) are visible to all its rows (no mask); [start, full_start) hold the far edge
+    of the window or of the rows' documents, and [unmasked_end, end) the causal diagonal or the
+    ragged end of K (masked). Each row sees a key interval whose ends never decrease from one
+    row to the next, so the block's first and last rows bound it. Without a window or documents
+    start = full_start = 0. MASK_EDGE=False when zero-loaded K/V rows past N_K are harmless (the
+    dQ pass). DocRow: this batch row's document starts, by key position."""
     shift = N_K - N_Q
     if CAUSAL:
         end = tl.minimum(tl.maximum((i + 1) * B_r + shift, 0), N_K)
@@ -149,13 +151,34 @@ def _key_range(i, N_Q, N_K, window, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, 
     else:
         end = N_K
         unmasked_end = N_K
-    if WINDOW:  # row r sees keys (r + shift - window, r + shift]: its first row the farthest back
-        start = tl.maximum(i * B_r + shift - window + 1, 0) // B_c * B_c
-        full_start = tl.minimum(tl.cdiv(tl.maximum(i * B_r + B_r + shift - window, 0), B_c) * B_c, unmasked_end)
+    if WINDOW or DOC:
+        first = i * B_r + shift  # key positions of the block's first and last real rows
+        last = tl.minimum(i * B_r + B_r, N_Q) - 1 + shift
+        lo_first = 0  # the first key each of them sees
+        lo_last = 0
+        if WINDOW:  # row r sees keys (r + shift - window, r + shift]
+            lo_first = first - window + 1
+            lo_last = last - window + 1
+        if DOC:  # ... and none before its document's first token
+            lo_first = tl.maximum(lo_first, tl.load(DocRow + tl.maximum(first, 0)))
+            lo_last = tl.maximum(lo_last, tl.load(DocRow + tl.maximum(last, 0)))
+        start = tl.maximum(lo_first, 0) // B_c * B_c
+        full_start = tl.minimum(tl.cdiv(tl.maximum(lo_last, 0), B_c) * B_c, unmasked_end)
     else:
         start = 0
         full_start = 0
     return start, full_start, unmasked_end, end
+
+
+@triton.jit
+def _doc_starts(DocRow, rows, N_Q, shift, DOC: tl.constexpr):
+    """The first key each query row may see under document masking (its document's first
+    token); the rows themselves, unused, without it."""
+    if DOC:
+        lo = tl.load(DocRow + tl.maximum(tl.minimum(rows, N_Q - 1) + shift, 0))
+    else:
+        lo = rows
+    return lo
 
 
 @triton.jit
@@ -172,9 +195,9 @@ def _visible(rows, cols, shift, window, CAUSAL: tl.constexpr, WINDOW: tl.constex
 # --------------------------------------------------------------------------------------------
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn, start, end,
-               offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window,
-               MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DROPOUT: tl.constexpr,
-               B_c: tl.constexpr, TMA: tl.constexpr):
+               offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr,
+               DROPOUT: tl.constexpr, B_c: tl.constexpr, TMA: tl.constexpr):
     """Streams K/V blocks [start, end) through the online softmax of one Q block. With TMA,
     K_block and V_block are tensor descriptors (the copy engine fetches whole tiles and fills
     rows past N_K with zeros); otherwise base pointers."""
@@ -194,6 +217,8 @@ def _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn, start, 
             valid = cols[None, :] < N_K
             if CAUSAL:
                 valid = valid & _visible(offs_m[:, None], cols[None, :], shift, window, CAUSAL, WINDOW)
+            if DOC:
+                valid = valid & (cols[None, :] >= doc_lo[:, None])
             s = tl.where(valid, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that see no key yet stay at -inf
@@ -211,11 +236,12 @@ def _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn, start, 
 
 
 @triton.jit
-def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr,
+def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr, DocStart,
                       stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
                       stride_vb, stride_vn, stride_vh, stride_ob, stride_on, stride_oh,
                       H, BH_BUCKET, NQ_BUCKET, NK_BUCKET, N_Q, N_K, qk_scale, dropout_p, window,
-                      CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DROPOUT: tl.constexpr, D: tl.constexpr,
+                      CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr, DROPOUT: tl.constexpr,
+                      D: tl.constexpr,
                       WIDE: tl.constexpr, HEADS_OUTER: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr,
                       TMA: tl.constexpr):
     bh, i = _schedule(N_Q, B_r, CAUSAL, HEADS_OUTER, WIDE)
@@ -242,17 +268,19 @@ def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr,
     acc = tl.zeros([B_r, D], dtype=tl.float32)
 
     shift = N_K - N_Q
-    start, full_start, unmasked_end, end = _key_range(i, N_Q, N_K, window, CAUSAL, WINDOW, True, B_r, B_c)
-    if WINDOW:
+    DocRow = DocStart + b * N_K
+    doc_lo = _doc_starts(DocRow, offs_m, N_Q, shift, DOC)
+    start, full_start, unmasked_end, end = _key_range(i, N_Q, N_K, window, DocRow, CAUSAL, WINDOW, DOC, True, B_r, B_c)
+    if WINDOW or DOC:
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
                                    start, full_start, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
-                                   qk_scale, dropout_p, window, True, CAUSAL, WINDOW, DROPOUT, B_c, TMA)
+                                   qk_scale, dropout_p, window, doc_lo, True, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
                                full_start, unmasked_end, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
-                               qk_scale, dropout_p, window, False, CAUSAL, WINDOW, DROPOUT, B_c, TMA)
+                               qk_scale, dropout_p, window, doc_lo, False, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
                                unmasked_end, end, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
-                               qk_scale, dropout_p, window, True, CAUSAL, WINDOW, DROPOUT, B_c, TMA)
+                               qk_scale, dropout_p, window, doc_lo, True, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
 
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
@@ -282,7 +310,8 @@ def _row_delta(o, do, dLSE_row, offs_m, row_ok, HAS_DLSE: tl.constexpr):
 @triton.jit
 def _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE_row, Delta_row, stride_qn, stride_don,
                     start, end, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window,
-                    MASKED: tl.constexpr, WINDOW: tl.constexpr, DROPOUT: tl.constexpr, B_r: tl.constexpr):
+                    doc_hi, MASKED: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr, DROPOUT: tl.constexpr,
+                    B_r: tl.constexpr):
     """Accumulates dK_j, dV_j over query blocks [start, end), in the transposed frame (S^T)."""
     for start_m in range(start, end, B_r):
         rows = start_m + offs_m0
@@ -294,8 +323,11 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE_row, Delta_row, stride_
         delta = tl.load(Delta_row + rows, mask=row_ok, other=0.0)
         sT = tl.dot(k, qT) * qk_scale
         pT = tl.math.exp2(sT - lse[None, :] * 1.4426950408889634)
-        if MASKED:  # causal diagonal blocks, the window's edge
-            pT = tl.where(_visible(rows[None, :], offs_n[:, None], shift, window, True, WINDOW), pT, 0.0)
+        if MASKED:  # causal diagonal blocks, the window's or the documents' edge
+            visible = _visible(rows[None, :], offs_n[:, None], shift, window, True, WINDOW)
+            if DOC:  # the row is inside the key's document
+                visible = visible & (rows[None, :] + shift < doc_hi[:, None])
+            pT = tl.where(visible, pT, 0.0)
         dpT = tl.dot(v, tl.trans(do)).to(tl.float32)
         if DROPOUT:
             keep = dropout_keep(seed, bh, rows[None, :], offs_n[:, None], N_Q, N_K, dropout_p)
@@ -310,12 +342,13 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE_row, Delta_row, stride_
 
 
 @triton.jit
-def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr,
+def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr, DocEnd,
                            stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
                            stride_vb, stride_vn, stride_vh, stride_dob, stride_don, stride_doh,
                            stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
                            H, BH_BUCKET, NQ_BUCKET, NK_BUCKET, N_Q, N_K, qk_scale, sm_scale, dropout_p, window,
-                           CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DROPOUT: tl.constexpr, D: tl.constexpr,
+                           CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr, DROPOUT: tl.constexpr,
+                           D: tl.constexpr,
                            WIDE: tl.constexpr, HEADS_OUTER: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr):
     bh, j = _schedule(N_K, B_c, False, HEADS_OUTER, WIDE)  # low j sees the most queries under causal: longest-first already
     b = bh // H
@@ -345,21 +378,37 @@ def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr,
         mid = 0
     full_end = N_Q
     end = N_Q
-    if WINDOW:
-        # ... up to row j*B_c - shift + window - 1; rows from j*B_c + B_c - 1 - shift + window
-        # on see none of it.
-        end = tl.minimum(tl.cdiv(tl.maximum(j * B_c + B_c - shift + window - 1, 0), B_r) * B_r, rows_end)
-        full_end = tl.minimum(tl.maximum(tl.maximum(j * B_c - shift + window, 0) // B_r * B_r, mid), end)
+    DocRow = DocEnd + b * N_K
+    if DOC:  # one past the last position of each key's document
+        doc_hi = tl.load(DocRow + tl.minimum(offs_n, N_K - 1))
+    else:
+        doc_hi = offs_n
+    if WINDOW or DOC:
+        # ... and the rows at key positions below lim(c) see key c: lim(c) = c + window, or the
+        # end of c's document, whichever comes first. Rows below lim(first key) see all of the
+        # block; rows from lim(last key) on see none of it.
+        c_first = j * B_c
+        c_last = tl.minimum(j * B_c + B_c, N_K) - 1
+        lim_first = N_K
+        lim_last = N_K
+        if WINDOW:
+            lim_first = c_first + window
+            lim_last = c_last + window
+        if DOC:
+            lim_first = tl.minimum(lim_first, tl.load(DocRow + c_first))
+            lim_last = tl.minimum(lim_last, tl.load(DocRow + c_last))
+        end = tl.minimum(tl.cdiv(tl.maximum(lim_last - shift, 0), B_r) * B_r, rows_end)
+        full_end = tl.minimum(tl.maximum(tl.maximum(lim_first - shift, 0) // B_r * B_r, mid), end)
     dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
                              stride_qn, stride_don, start, mid, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
-                             shift, qk_scale, dropout_p, window, True, WINDOW, DROPOUT, B_r)
+                             shift, qk_scale, dropout_p, window, doc_hi, True, WINDOW, DOC, DROPOUT, B_r)
     dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
                              stride_qn, stride_don, mid, full_end, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
-                             shift, qk_scale, dropout_p, window, False, WINDOW, DROPOUT, B_r)
-    if WINDOW:
+                             shift, qk_scale, dropout_p, window, doc_hi, False, WINDOW, DOC, DROPOUT, B_r)
+    if WINDOW or DOC:
         dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
                                  stride_qn, stride_don, full_end, end, offs_m0, offs_n, offs_d, seed, bh, N_Q,
-                                 N_K, shift, qk_scale, dropout_p, window, True, WINDOW, DROPOUT, B_r)
+                                 N_K, shift, qk_scale, dropout_p, window, doc_hi, True, WINDOW, DOC, DROPOUT, B_r)
     tl.store(dK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :],
              (dk * sm_scale).to(dK.dtype.element_ty), mask=col_ok)
     tl.store(dV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :],
@@ -368,8 +417,9 @@ def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr,
 
 @triton.jit
 def _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, start, end,
-                  offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window,
-                  MASKED: tl.constexpr, WINDOW: tl.constexpr, DROPOUT: tl.constexpr, B_c: tl.constexpr):
+                  offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
+                  MASKED: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr, DROPOUT: tl.constexpr,
+                  B_c: tl.constexpr):
     """Accumulates dQ_i over key blocks [start, end). Keys past N_K load as zero rows of K and
     V, which makes their dS K contribution exactly zero: only the causal mask is needed."""
     for start_n in range(start, end, B_c):
@@ -380,7 +430,10 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn
         s = tl.dot(q, kT) * qk_scale
         p = tl.math.exp2(s - lse2[:, None])
         if MASKED:
-            p = tl.where(_visible(offs_m[:, None], cols[None, :], shift, window, True, WINDOW), p, 0.0)
+            visible = _visible(offs_m[:, None], cols[None, :], shift, window, True, WINDOW)
+            if DOC:
+                visible = visible & (cols[None, :] >= doc_lo[:, None])
+            p = tl.where(visible, p, 0.0)
         dp = tl.dot(do, vT).to(tl.float32)
         if DROPOUT:
             keep = dropout_keep(seed, bh, offs_m[:, None], cols[None, :], N_Q, N_K, dropout_p)
@@ -391,12 +444,13 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn
 
 
 @triton.jit
-def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr, O, dLSE,
+def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr, O, dLSE, DocStart,
                          stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
                          stride_vb, stride_vn, stride_vh, stride_dob, stride_don, stride_doh,
                          stride_dqb, stride_dqn, stride_dqh, stride_ob, stride_on, stride_oh,
                          H, BH_BUCKET, NQ_BUCKET, NK_BUCKET, N_Q, N_K, qk_scale, sm_scale, dropout_p, window,
-                         CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DROPOUT: tl.constexpr, HAS_DLSE: tl.constexpr,
+                         CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr, DROPOUT: tl.constexpr,
+                         HAS_DLSE: tl.constexpr,
                          D: tl.constexpr, WIDE: tl.constexpr, HEADS_OUTER: tl.constexpr, B_r: tl.constexpr,
                          B_c: tl.constexpr):
     """Runs before the dK/dV kernel: its prologue computes D for its rows and writes it for
@@ -421,17 +475,19 @@ def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr, O, dLSE,
     dq = tl.zeros([B_r, D], dtype=tl.float32)
 
     shift = N_K - N_Q
-    start, full_start, unmasked_end, end = _key_range(i, N_Q, N_K, window, CAUSAL, WINDOW, False, B_r, B_c)
-    if WINDOW:
+    DocRow = DocStart + b * N_K
+    doc_lo = _doc_starts(DocRow, offs_m, N_Q, shift, DOC)
+    start, full_start, unmasked_end, end = _key_range(i, N_Q, N_K, window, DocRow, CAUSAL, WINDOW, DOC, False, B_r, B_c)
+    if WINDOW or DOC:
         dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, start, full_start,
-                           offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window,
-                           True, WINDOW, DROPOUT, B_c)
+                           offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
+                           True, WINDOW, DOC, DROPOUT, B_c)
     dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, full_start, unmasked_end,
-                       offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window,
-                       False, WINDOW, DROPOUT, B_c)
+                       offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
+                       False, WINDOW, DOC, DROPOUT, B_c)
     dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, unmasked_end, end,
-                       offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window,
-                       True, WINDOW, DROPOUT, B_c)
+                       offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
+                       True, WINDOW, DOC, DROPOUT, B_c)
     tl.store(dQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqn + offs_d[None, :],
              (dq * sm_scale).to(dQ.dtype.element_ty), mask=row_ok[:, None])
 
@@ -673,19 +729,23 @@ def _launch(name, D, n, tile, batch_heads, args, constexprs, signature):
         _COMPILED[key] = (compiled, tail, chosen[tile], chosen.get("TMA", False))
 
 
-def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, window):
+def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, window, doc_start, doc_end):
+    """doc_start, doc_end: (B, N_k) int32, each key position's document bounds, or None."""
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, N_q, device=q.device, dtype=torch.float32)
+    docs = () if doc_start is None else (doc_start,)
     _launch("fwd", D, N_q, "B_r", B * H,
-            (q, k, v, o, lse, seed, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
+            (q, k, v, o, lse, seed, doc_start if docs else seed,  # a real pointer even when unused
+             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
              H, bucket(B * H), bucket(N_q), bucket(N_k), N_q, N_k, scale * LOG2E, dropout_p, window),
-            dict(CAUSAL=causal, WINDOW=window > 0, DROPOUT=dropout_p > 0, D=D), _signature(q, k, v, seed))
+            dict(CAUSAL=causal, WINDOW=window > 0, DOC=bool(docs), DROPOUT=dropout_p > 0, D=D),
+            _signature(q, k, v, seed, *docs))
     return o, lse
 
 
-def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, window, dq, dk, dv):
+def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, window, doc_start, doc_end, dq, dk, dv):
     """Writes dQ, dK, dV into dq, dk, dv (contiguous in head_dim; e.g. views of one packed gradient)."""
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
@@ -695,15 +755,18 @@ def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, windo
     args = (q, k, v, do)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
     scalars = (H, bucket(B * H), bucket(N_q), bucket(N_k), N_q, N_k, scale * LOG2E, scale, dropout_p, window)
-    common = dict(CAUSAL=causal, WINDOW=window > 0, DROPOUT=dropout_p > 0)
-    signature = _signature(q, k, v, do, seed, *(() if dlse is None else (dlse,)), dq, dk, dv)
-    # dQ first: its prologue writes D, which the dK/dV kernel reads.
+    docs = doc_start is not None
+    common = dict(CAUSAL=causal, WINDOW=window > 0, DOC=docs, DROPOUT=dropout_p > 0)
+    signature = _signature(q, k, v, do, seed, *(() if dlse is None else (dlse,)), dq, dk, dv,
+                           *((doc_start, doc_end) if docs else ()))
+    # dQ first: its prologue writes D, which the dK/dV kernel reads. (Unused pointers are real ones.)
     _launch("dq", D, N_q, "B_r", B * H,
-            (*args, dq, lse, delta, seed, o, lse if dlse is None else dlse,  # a real pointer even when unused
+            (*args, dq, lse, delta, seed, o, lse if dlse is None else dlse, doc_start if docs else seed,
              *strides, *dq.stride()[:3], *o.stride()[:3], *scalars),
             dict(**common, HAS_DLSE=dlse is not None, D=D), signature)
     _launch("dkdv", D, N_k, "B_c", B * H,
-            (*args, dk, dv, lse, delta, seed, *strides, *dk.stride()[:3], *dv.stride()[:3], *scalars),
+            (*args, dk, dv, lse, delta, seed, doc_end if docs else seed,
+             *strides, *dk.stride()[:3], *dv.stride()[:3], *scalars),
             dict(**common, D=D), signature)
 
 
@@ -722,14 +785,15 @@ def _contiguous_rows(tensors):
     return [t if t.stride(-1) == 1 else t.contiguous() for t in tensors]  # whatever layout a compiler hands over
 
 
-def _forward(tensors, seed, causal, dropout_p, scale, window):
-    return _flash2_fwd(*_qkv(_contiguous_rows(tensors)), seed, causal, dropout_p, scale, window)
+def _forward(tensors, seed, causal, dropout_p, scale, window, doc_start, doc_end):
+    return _flash2_fwd(*_qkv(_contiguous_rows(tensors)), seed, causal, dropout_p, scale, window, doc_start, doc_end)
 
 
-def _backward(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale, window):
+def _backward(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale, window, doc_start, doc_end):
     tensors = _contiguous_rows(tensors)
     grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
-    _flash2_bwd(do, *_qkv(tensors), o, lse, dlse, seed, causal, dropout_p, scale, window, *_qkv(grads))
+    _flash2_bwd(do, *_qkv(tensors), o, lse, dlse, seed, causal, dropout_p, scale, window, doc_start, doc_end,
+                *_qkv(grads))
     return grads
 
 
@@ -739,12 +803,13 @@ def _backward(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale, window)
 # call than the kernels take at GPT-2 sizes (benchmarks/results/h100/notes.md).
 @torch.library.custom_op("gpt2flash::flash2_fwd", mutates_args=())
 def flash2_fwd(tensors: list[torch.Tensor], seed: torch.Tensor, causal: bool, dropout_p: float,
-               scale: float, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward(tensors, seed, causal, dropout_p, scale, window)
+               scale: float, window: int, doc_start: torch.Tensor | None,
+               doc_end: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(tensors, seed, causal, dropout_p, scale, window, doc_start, doc_end)
 
 
 @flash2_fwd.register_fake
-def _(tensors, seed, causal, dropout_p, scale, window):
+def _(tensors, seed, causal, dropout_p, scale, window, doc_start, doc_end):
     B, N, H, D = _qkv(tensors)[0].shape
     return tensors[0].new_empty(B, N, H, D), tensors[0].new_empty(B, H, N, dtype=torch.float32)
 
@@ -752,43 +817,48 @@ def _(tensors, seed, causal, dropout_p, scale, window):
 @torch.library.custom_op("gpt2flash::flash2_bwd", mutates_args=())
 def flash2_bwd(do: torch.Tensor, tensors: list[torch.Tensor], o: torch.Tensor, lse: torch.Tensor,
                dlse: torch.Tensor | None, seed: torch.Tensor, causal: bool, dropout_p: float,
-               scale: float, window: int) -> list[torch.Tensor]:
-    return _backward(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale, window)
+               scale: float, window: int, doc_start: torch.Tensor | None,
+               doc_end: torch.Tensor | None) -> list[torch.Tensor]:
+    return _backward(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale, window, doc_start, doc_end)
 
 
 @flash2_bwd.register_fake
-def _(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale, window):
+def _(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale, window, doc_start, doc_end):
     return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
 
 
 def _setup_context(ctx, inputs, output):
-    tensors, seed, causal, dropout_p, scale, window = inputs
-    ctx.save_for_backward(*tensors, *output, seed)
+    tensors, seed, causal, dropout_p, scale, window, doc_start, doc_end = inputs
+    ctx.n_docs = 0 if doc_start is None else 2
+    ctx.save_for_backward(*tensors, *output, seed, *((doc_start, doc_end) if ctx.n_docs else ()))
     ctx.causal, ctx.dropout_p, ctx.scale, ctx.window = causal, dropout_p, scale, window
 
 
 def _grads(ctx, do, dlse, bwd):
     """The gradients of `tensors` through `bwd` (the op or the function)."""
-    *tensors, o, lse, seed = ctx.saved_tensors
+    saved = ctx.saved_tensors
+    docs = saved[len(saved) - ctx.n_docs:] if ctx.n_docs else (None, None)
+    *tensors, o, lse, seed = saved[:len(saved) - ctx.n_docs]
     do = torch.zeros_like(o) if do is None else do  # only LSE was used
-    return bwd(do, list(tensors), o, lse, dlse, seed, ctx.causal, ctx.dropout_p, ctx.scale, ctx.window)
+    return bwd(do, list(tensors), o, lse, dlse, seed, ctx.causal, ctx.dropout_p, ctx.scale, ctx.window, *docs)
 
 
-flash2_fwd.register_autograd(lambda ctx, do, dlse: (_grads(ctx, do, dlse, flash2_bwd), None, None, None, None, None),
+# the gradients of tensors, and none of seed, causal, dropout_p, scale, window, doc_start, doc_end
+flash2_fwd.register_autograd(lambda ctx, do, dlse: (_grads(ctx, do, dlse, flash2_bwd), *[None] * 7),
                              setup_context=_setup_context)
 
 
 class _Flash2(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, seed, causal, dropout_p, scale, window, *tensors):
+    def forward(ctx, seed, causal, dropout_p, scale, window, doc_start, doc_end, *tensors):
         ctx.set_materialize_grads(False)  # an unused LSE brings no zero-filled gradient
-        output = _forward(tensors, seed, causal, dropout_p, scale, window)
-        _setup_context(ctx, (tensors, seed, causal, dropout_p, scale, window), output)
+        output = _forward(tensors, seed, causal, dropout_p, scale, window, doc_start, doc_end)
+        _setup_context(ctx, (tensors, seed, causal, dropout_p, scale, window, doc_start, doc_end), output)
         return output
 
     @staticmethod
     def backward(ctx, do, dlse):
-        return None, None, None, None, None, *_grads(ctx, do, dlse, _backward)
+        return *[None] * 7, *_grads(ctx, do, dlse, _backward)
 
 
 _ZERO_SEEDS = {}  # a dict, not functools.cache: torch.compile traces through dict lookups silently
@@ -823,32 +893,49 @@ def _window(window, causal):
     return window
 
 
-def _attention(tensors, causal, dropout_p, scale, seed, return_lse, window):
-    args = (seed, bool(causal), float(dropout_p), scale, _window(window, causal))
+def _documents(documents, causal, n_k):
+    """(doc_start, doc_end) as the kernels take them: int32 (B, N_k), contiguous; or one clear error."""
+    if documents is None:
+        return None, None
+    if not causal:
+        raise ValueError("flash: document masking is causal within each document: pass causal=True")
+    start, end = documents
+    if start.shape != end.shape or start.dim() != 2 or start.shape[1] != n_k:
+        raise ValueError(f"flash: documents must be (start, end) of shape (batch, N_k={n_k}), from "
+                         f"attention.document_bounds(doc_ids); got {tuple(start.shape)} and {tuple(end.shape)}")
+    return start.to(torch.int32).contiguous(), end.to(torch.int32).contiguous()
+
+
+def _attention(tensors, causal, dropout_p, scale, seed, return_lse, window, documents):
+    n_k = _qkv(tensors)[1].shape[1]
+    args = (seed, bool(causal), float(dropout_p), scale, _window(window, causal), *_documents(documents, causal, n_k))
     o, lse = flash2_fwd(tensors, *args) if torch.compiler.is_compiling() else _Flash2.apply(*args, *tensors)
     return (o, lse) if return_lse else o
 
 
-def flash_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, return_lse=False, seed=None, window=None):
+def flash_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, return_lse=False, seed=None, window=None,
+                    documents=None):
     """FlashAttention-2. q: (B, N_q, H, d), k and v: (B, N_k, H, d), fp16 or bf16, d in
     {16, 32, 64, 128, 256}. Returns O (B, N_q, H, d), and LSE (B, H, N_q) fp32 when
     return_lse (differentiable too). `seed` (an int64 tensor of one element) fixes the dropout
     mask; by default a fresh one is drawn from torch's generator. `window` (with causal): each
-    query sees only its last `window` keys, itself included (sliding-window attention); the
-    blocks wholly outside every row's window are skipped."""
+    query sees only its last `window` keys, itself included (sliding-window attention).
+    `documents` (with causal): (start, end) of each key position's document, (B, N_k), from
+    attention.document_bounds(doc_ids): a query sees only the keys of its own document (packed
+    sequences, key padding). Blocks wholly outside every row's window or document are skipped."""
     q, k, v, scale, seed = prepare_inputs(q, k, v, scale, seed, dropout_p, "flash", SUPPORTED_HEAD_DIMS)
-    return _attention([q, k, v], causal, dropout_p, scale, seed, return_lse, window)
+    return _attention([q, k, v], causal, dropout_p, scale, seed, return_lse, window, documents)
 
 
 def flash_attention_qkvpacked(qkv, causal=False, dropout_p=0.0, scale=None, return_lse=False, seed=None,
-                              window=None):
+                              window=None, documents=None):
     """flash_attention on packed inputs: qkv (B, N, 3, H, d), the fused QKV projection's output
     viewed so, whose gradient comes back packed the same way (no stacking copy)."""
     if qkv.dim() != 5 or qkv.shape[2] != 3:
         raise ValueError(f"flash: packed qkv must be (batch, seq, 3, heads, head_dim); got {tuple(qkv.shape)}")
     qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
     *_, scale, seed = prepare_inputs(*qkv.unbind(2), scale, seed, dropout_p, "flash", SUPPORTED_HEAD_DIMS)
-    return _attention([qkv], causal, dropout_p, scale, seed, return_lse, window)
+    return _attention([qkv], causal, dropout_p, scale, seed, return_lse, window, documents)
 
 
 configure()

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attention import get_attention
+from attention import document_bounds, get_attention
 from model.loss import cross_entropy
 
 
@@ -36,6 +36,8 @@ class GPTConfig:
     attention: str = "sdpa"
     attention_options: dict = field(default_factory=dict)
     window: int | None = None    # sliding-window attention: each token sees its last `window` tokens
+    documents: bool = False      # document masking: a token sees only its own document's tokens
+    eot: int = 50256             # the token that ends a document (<|endoftext|>, data/prepare.py)
 
     @property
     def padded_vocab(self):
@@ -51,21 +53,22 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.attn_dropout = cfg.attn_dropout
-        self.masks = {} if cfg.window is None else {"window": cfg.window}  # passed only when set: every backend takes none
+        self.masks = {} if cfg.window is None else {"window": cfg.window}  # passed only when set (flash1 takes none)
         self.attn = get_attention(cfg.attention, **cfg.attention_options)
         self.attn_packed = get_attention(cfg.attention, packed=True, **cfg.attention_options) if cfg.qkv_packed else None
 
-    def forward(self, x, cache=None, layer=0):
+    def forward(self, x, cache=None, layer=0, documents=None):
         B, T, C = x.shape
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim)
         dropout_p = self.attn_dropout if self.training else 0.0
+        masks = self.masks if documents is None else {**self.masks, "documents": documents}
         if cache is None and self.attn_packed is not None:  # the backward returns dQKV in this layout: no stacking copy
-            y = self.attn_packed(qkv, causal=True, dropout_p=dropout_p, **self.masks)
+            y = self.attn_packed(qkv, causal=True, dropout_p=dropout_p, **masks)
         else:
             q, k, v = qkv.unbind(2)
             if cache is not None:  # the new queries attend to every cached key (bottom-right causal)
                 k, v = cache.append(layer, k, v)
-            y = self.attn(q, k, v, causal=True, dropout_p=dropout_p, **self.masks)
+            y = self.attn(q, k, v, causal=True, dropout_p=dropout_p, **masks)
         return self.resid_dropout(self.c_proj(y.reshape(B, T, C)))
 
 
@@ -88,8 +91,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x, cache=None, layer=0, documents=None):
+        x = x + self.attn(self.ln_1(x), cache, layer, documents)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -105,7 +108,13 @@ class KVCache:
         shape = (cfg.n_layer, batch, max_len, cfg.n_head, cfg.n_embd // cfg.n_head)
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.ids = torch.empty(batch, max_len, device=device, dtype=torch.long) if cfg.documents else None
         self.length = 0
+
+    def tokens(self, idx):
+        """The cached tokens followed by idx (document masking needs every document boundary)."""
+        self.ids[:, self.length:self.length + idx.shape[1]] = idx
+        return self.ids[:, :self.length + idx.shape[1]]
 
     def append(self, layer, k, v):
         end = self.length + k.shape[1]
@@ -168,8 +177,13 @@ class GPT(nn.Module):
                              "positions; build the model with a larger context")
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        documents = None
+        if self.cfg.documents:  # once per forward, for every layer: a document ends with its eot token
+            ids = idx if cache is None else cache.tokens(idx)
+            ends = (ids == self.cfg.eot).to(torch.int32)
+            documents = document_bounds(ends.cumsum(1) - ends)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer)
+            x = block(x, cache, layer, documents)
         if cache is not None:
             cache.length += T
         x = self.transformer.ln_f(x)

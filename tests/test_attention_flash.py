@@ -18,7 +18,7 @@ import zlib
 import pytest
 import torch
 
-from attention import get_attention
+from attention import document_bounds, get_attention
 from attention.naive import reference_attention
 from tests.conftest import GPU, gpu_only, triton_device
 
@@ -43,8 +43,9 @@ CASES = [pytest.param(b, dt, d, c, n, p, marks=pytest.mark.xdist_group(f"{b}-{dt
          if not (b == "flash1" and d == 256)]
 
 
-def _errors(backend, dtype, d, causal, n_q, n_k, p, batch=2, heads=3, layout=lambda t: t, window=None):
-    g = torch.Generator(device=DEVICE).manual_seed(zlib.crc32(repr((backend, d, causal, n_q, n_k, p, window)).encode()))
+def _errors(backend, dtype, d, causal, n_q, n_k, p, batch=2, heads=3, layout=lambda t: t, window=None, docs=None):
+    """docs: per batch row, the lengths of the documents packed into its N_k keys."""
+    g = torch.Generator(device=DEVICE).manual_seed(zlib.crc32(repr((backend, d, causal, n_q, n_k, p, window, docs)).encode()))
     q, k, v = (torch.randn(batch, n, heads, d, device=DEVICE, generator=g, dtype=dtype)
                for n in (n_q, n_k, n_k))
     do = torch.randn(batch, n_q, heads, d, device=DEVICE, generator=g, dtype=dtype)
@@ -61,6 +62,9 @@ def _errors(backend, dtype, d, causal, n_q, n_k, p, batch=2, heads=3, layout=lam
         return [o, *grads]
 
     masks = {} if window is None else {"window": window}
+    if docs is not None:
+        ids = torch.tensor([[i for i, n in enumerate(row) for _ in range(n)] for row in docs], device=DEVICE)
+        masks["documents"] = document_bounds(ids)
     ref = run(reference_attention, torch.float64, keep_mask=keep, **masks)
     low = run(reference_attention, dtype, keep_mask=keep, **masks)
     # Poison: fill and free blocks of the outputs' sizes, so the caching allocator hands
@@ -103,6 +107,34 @@ def test_sliding_window_matches_reference(dtype, window, lengths, p):
                                                   window=window)):
         assert ours == ours, f"{name}: NaN"
         assert ours <= 2 * naive + floor, f"{name}: error {ours:.2e} > 2 x naive {naive:.2e} + {floor:.1e}"
+
+
+if GPU:
+    DOC_CASES = [([[1000], [1, 999]], (1000, 1000), None, 0.0), ([[7] * 585 + [2], [4097]], (4097, 4097), None, 0.17),
+                 ([[300, 17, 700, 3000, 80], [64] * 64 + [1]], (4097, 4097), 129, 0.0),
+                 ([[500, 17], [1] * 517], (113, 517), None, 0.17), ([[100, 200], [300]], (1, 300), None, 0.0)]
+else:  # B_r = B_c = 16: documents inside one block, across blocks, of one token; with a window; N_q < N_k
+    DOC_CASES = [([[40], [3, 1, 36]], (40, 40), None, 0.0), ([[5, 20, 15], [1] * 40], (40, 40), None, 0.17),
+                 ([[17, 23], [16, 16, 8]], (40, 40), 7, 0.0), ([[30, 10], [2, 38]], (23, 40), None, 0.17)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("docs,lengths,window,p", DOC_CASES)
+def test_document_masking_matches_reference(dtype, docs, lengths, window, p):
+    """Documents packed into one sequence attend within themselves (causal), against the
+    masked reference: documents shorter than a block, of one token, across block boundaries,
+    with a sliding window on top; the queries the last N_q positions (a KV cache) too."""
+    for name, (ours, naive, floor) in zip(["out", "dq", "dk", "dv"],
+                                          _errors("flash", dtype, 16 if not GPU else 64, True, *lengths, p,
+                                                  window=window, docs=docs)):
+        assert ours == ours, f"{name}: NaN"
+        assert ours <= 2 * naive + floor, f"{name}: error {ours:.2e} > 2 x naive {naive:.2e} + {floor:.1e}"
+
+
+def test_document_bounds():
+    start, end = document_bounds(torch.tensor([[0, 0, 1, 1, 1, 2], [5, 5, 5, 5, 5, 5], [0, 1, 0, 0, 2, 2]]))
+    assert start.tolist() == [[0, 0, 2, 2, 2, 5], [0] * 6, [0, 1, 2, 2, 4, 4]]
+    assert end.tolist() == [[2, 2, 5, 5, 5, 6], [6] * 6, [1, 2, 4, 4, 6, 6]]  # a document is a run of equal ids
 
 
 def test_window_arguments_are_checked():

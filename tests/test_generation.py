@@ -87,3 +87,27 @@ def test_sliding_window_model_generates_with_its_cache(attention):
     cached, _ = generate(short, idx[:, :5], 6, temperature=0)
     plain, _ = generate(short, idx[:, :5], 6, temperature=0, cache=False)
     assert torch.equal(cached, plain)
+
+
+@pytest.mark.parametrize("attention", ["naive", "sdpa", pytest.param("flash", marks=triton_device)])
+def test_document_masked_model_keeps_documents_apart_and_decodes_with_its_cache(attention):
+    """model.documents: the logits of a document do not depend on the one before it (each ends
+    with <|endoftext|>); without the mask they do; decoding with the KV cache across a document
+    boundary gives the tokens a full recomputation gives."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float16 if attention == "flash" else torch.float32
+    torch.manual_seed(0)
+    docs = GPT(GPTConfig(attention=attention, documents=True, **TINY)).to(device, dtype).eval()
+    plain_model = GPT(GPTConfig(attention=attention, **TINY)).to(device, dtype).eval()
+    plain_model.load_state_dict(docs.state_dict())
+    eot = docs.cfg.eot
+    a, b = torch.randint(0, 50000, (1, 6), device=device), torch.randint(0, 50000, (1, 9), device=device)
+    other = torch.randint(0, 50000, (1, 6), device=device)
+    x1 = torch.cat([a, torch.full((1, 1), eot, device=device), b], 1)
+    x2 = torch.cat([other, torch.full((1, 1), eot, device=device), b], 1)
+    with torch.no_grad():
+        torch.testing.assert_close(docs(x1)[:, 7:], docs(x2)[:, 7:], rtol=0, atol=0)
+        assert not torch.allclose(plain_model(x1)[:, 7:], plain_model(x2)[:, 7:])
+    cached, _ = generate(docs, x1[:, :9], 5, temperature=0)
+    plain, _ = generate(docs, x1[:, :9], 5, temperature=0, cache=False)
+    assert torch.equal(cached, plain)

@@ -64,6 +64,7 @@ CONFIG_ERRORS = [
     ("model.n_head=5", "model.n_embd=64 is not a multiple of model.n_head=5"),
     ("model.window=0", "model.window=0: a positive whole number or null is needed"),
     ("model.impl=hf model.window=64", "model.window (sliding-window attention) needs model.impl=ours"),
+    ("attention=flash1 model.documents=true", "model.documents (document masking) needs model.impl=ours and attention="),
 ]
 # ... and through train.py, as a user meets them: one line on stderr, exit 2, nothing written.
 BAD_INPUT = [

@@ -19,6 +19,7 @@ CHOICES = {
     "model.impl": ("ours", "hf"),
     "model.cross_entropy": ("auto", "fused", "plain", "upcast", "liger"),
     "model.qkv_packed": (True, False),
+    "model.documents": (True, False),
     "attention.name": tuple(BACKENDS),
     "train.device": ("auto", "cuda", "cpu"),
     "train.dtype": ("bfloat16", "float16", "float32"),
@@ -42,7 +43,7 @@ OPTIONAL_POSITIVE = ("train.steps_per_run", "train.eval_tokens", "data.max_docs"
 RESUME_KEYS = ("train.max_steps", "train.lr", "train.min_lr", "train.warmup_steps", "train.batch_tokens",
                "train.weight_decay", "train.betas", "train.grad_clip", "train.seed")
 FIXED_ON_RESUME = ("context", "model.n_layer", "model.n_head", "model.n_embd", "model.vocab_multiple", "model.impl",
-                   "model.window", "data.name")
+                   "model.window", "model.documents", "data.name")
 
 
 def _get(cfg, key):
@@ -96,9 +97,10 @@ def check(cfg):
         v = _get(cfg, key)
         if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
             raise UserError(f"{key}={v!r}: a positive whole number or null is needed")
-    if _get(cfg, "model.window") is not None and (cfg.model.impl != "ours" or cfg.attention.name == "flash1"):
-        raise UserError(f"model.window (sliding-window attention) needs model.impl=ours and attention=naive | sdpa | flash; "
-                        f"this run has model.impl={cfg.model.impl}, attention={cfg.attention.name}")
+    for key, what in (("model.window", "sliding-window attention"), ("model.documents", "document masking")):
+        if _get(cfg, key) not in (None, False) and (cfg.model.impl != "ours" or cfg.attention.name == "flash1"):
+            raise UserError(f"{key} ({what}) needs model.impl=ours and attention=naive | sdpa | flash; "
+                            f"this run has model.impl={cfg.model.impl}, attention={cfg.attention.name}")
     t = cfg.train
     if t.min_lr > t.lr:
         raise UserError(f"train.min_lr={t.min_lr} is above train.lr={t.lr}")

@@ -41,7 +41,7 @@ def build_model(cfg):
     return impl(GPTConfig(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, context=cfg.context,
                           dropout=m.dropout, attn_dropout=m.attn_dropout, vocab_multiple=m.vocab_multiple,
                           cross_entropy=m.cross_entropy, xent_chunk=m.xent_chunk, qkv_packed=m.qkv_packed,
-                          window=m.get("window"),
+                          window=m.get("window"), documents=m.get("documents", False),
                           attention=cfg.attention.name,
                           attention_options=OmegaConf.to_container(cfg.attention.options)))
 
