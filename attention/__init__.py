@@ -22,6 +22,8 @@ copy of dQKV per layer).
 import functools
 import importlib
 
+from attention.masks import BlockMask, block_mask, document_bounds  # noqa: F401 (the package's API)
+
 # name -> (module, function); imported lazily so that `naive` and `sdpa` need no Triton.
 BACKENDS = {
     "naive": ("attention.naive", "naive_attention"),
@@ -52,23 +54,6 @@ def get_attention(name, packed=False, **options):
     elif options:
         fn = functools.partial(fn, **options)
     return functools.partial(_unpacking, fn) if packed and name not in PACKED else fn
-
-
-def document_bounds(doc_ids):
-    """Document masking's input to every backend: (start, end), int32 (B, N), the first and
-    one past the last position of each position's document, a document being a run of equal
-    ids in doc_ids (B, N) (e.g. a running count of <|endoftext|> tokens). Computed once per
-    batch and handed to every layer."""
-    import torch
-    B, N = doc_ids.shape
-    pos = torch.arange(N, device=doc_ids.device, dtype=torch.int32).expand(B, N)
-    first = torch.ones_like(doc_ids, dtype=torch.bool)
-    first[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    last = torch.ones_like(first)
-    last[:, :-1] = first[:, 1:]
-    start = torch.where(first, pos, 0).cummax(1).values
-    end = torch.where(last, pos + 1, N).flip(1).cummin(1).values.flip(1)
-    return start.to(torch.int32).contiguous(), end.to(torch.int32).contiguous()
 
 
 def _unpacking(fn, qkv, **kwargs):

@@ -236,12 +236,12 @@ def _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn, start, 
 
 
 @triton.jit
-def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr, DocStart,
+def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr, DocStart, Blocks,
                       stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
-                      stride_vb, stride_vn, stride_vh, stride_ob, stride_on, stride_oh,
-                      H, BH_BUCKET, NQ_BUCKET, NK_BUCKET, N_Q, N_K, qk_scale, dropout_p, window,
-                      CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr, DROPOUT: tl.constexpr,
-                      D: tl.constexpr,
+                      stride_vb, stride_vn, stride_vh, stride_ob, stride_on, stride_oh, stride_blh, stride_blr,
+                      H, BH_BUCKET, NQ_BUCKET, NK_BUCKET, N_Q, N_K, qk_scale, dropout_p, window, n_blocks,
+                      CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr, SPARSE: tl.constexpr,
+                      DROPOUT: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
                       WIDE: tl.constexpr, HEADS_OUTER: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr,
                       TMA: tl.constexpr):
     bh, i = _schedule(N_Q, B_r, CAUSAL, HEADS_OUTER, WIDE)
@@ -270,17 +270,31 @@ def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr, DocStart,
     shift = N_K - N_Q
     DocRow = DocStart + b * N_K
     doc_lo = _doc_starts(DocRow, offs_m, N_Q, shift, DOC)
-    start, full_start, unmasked_end, end = _key_range(i, N_Q, N_K, window, DocRow, CAUSAL, WINDOW, DOC, True, B_r, B_c)
-    if WINDOW or DOC:
+    if SPARSE:  # the block mask's lists for this Q block's row of G x G blocks: full ones, then partial ones
+        row = Blocks + h * stride_blh + (i * B_r // G) * stride_blr
+        for t in range(0, tl.load(row)):
+            c = tl.load(row + 2 + t) * G
+            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
+                                       c, c + G, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
+                                       qk_scale, dropout_p, window, doc_lo, False, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
+        for t in range(0, tl.load(row + 1)):
+            c = tl.load(row + 2 + n_blocks + t) * G
+            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
+                                       c, tl.minimum(c + G, N_K), offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
+                                       qk_scale, dropout_p, window, doc_lo, True, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
+    else:
+        start, full_start, unmasked_end, end = _key_range(i, N_Q, N_K, window, DocRow, CAUSAL, WINDOW, DOC, True,
+                                                          B_r, B_c)
+        if WINDOW or DOC:
+            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
+                                       start, full_start, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
+                                       qk_scale, dropout_p, window, doc_lo, True, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
-                                   start, full_start, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
+                                   full_start, unmasked_end, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
+                                   qk_scale, dropout_p, window, doc_lo, False, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
+                                   unmasked_end, end, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
                                    qk_scale, dropout_p, window, doc_lo, True, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
-                               full_start, unmasked_end, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
-                               qk_scale, dropout_p, window, doc_lo, False, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
-                               unmasked_end, end, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
-                               qk_scale, dropout_p, window, doc_lo, True, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
 
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
@@ -342,13 +356,15 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE_row, Delta_row, stride_
 
 
 @triton.jit
-def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr, DocEnd,
+def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr, DocEnd, Blocks,
                            stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
                            stride_vb, stride_vn, stride_vh, stride_dob, stride_don, stride_doh,
                            stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
+                           stride_blh, stride_blr,
                            H, BH_BUCKET, NQ_BUCKET, NK_BUCKET, N_Q, N_K, qk_scale, sm_scale, dropout_p, window,
-                           CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr, DROPOUT: tl.constexpr,
-                           D: tl.constexpr,
+                           n_blocks,
+                           CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr, SPARSE: tl.constexpr,
+                           DROPOUT: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
                            WIDE: tl.constexpr, HEADS_OUTER: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr):
     bh, j = _schedule(N_K, B_c, False, HEADS_OUTER, WIDE)  # low j sees the most queries under causal: longest-first already
     b = bh // H
@@ -399,16 +415,29 @@ def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr, DocEnd,
             lim_last = tl.minimum(lim_last, tl.load(DocRow + c_last))
         end = tl.minimum(tl.cdiv(tl.maximum(lim_last - shift, 0), B_r) * B_r, rows_end)
         full_end = tl.minimum(tl.maximum(tl.maximum(lim_first - shift, 0) // B_r * B_r, mid), end)
-    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
-                             stride_qn, stride_don, start, mid, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
-                             shift, qk_scale, dropout_p, window, doc_hi, True, WINDOW, DOC, DROPOUT, B_r)
-    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
-                             stride_qn, stride_don, mid, full_end, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
-                             shift, qk_scale, dropout_p, window, doc_hi, False, WINDOW, DOC, DROPOUT, B_r)
-    if WINDOW or DOC:
+    if SPARSE:  # the transposed lists: this K/V block's column of G x G blocks, full ones, then partial ones
+        col = Blocks + h * stride_blh + (j * B_c // G) * stride_blr
+        for t in range(0, tl.load(col)):
+            r = tl.load(col + 2 + t) * G
+            dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
+                                     stride_qn, stride_don, r, r + G, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
+                                     shift, qk_scale, dropout_p, window, doc_hi, False, WINDOW, DOC, DROPOUT, B_r)
+        for t in range(0, tl.load(col + 1)):
+            r = tl.load(col + 2 + n_blocks + t) * G
+            dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
+                                     stride_qn, stride_don, r, r + G, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
+                                     shift, qk_scale, dropout_p, window, doc_hi, True, WINDOW, DOC, DROPOUT, B_r)
+    else:
         dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
-                                 stride_qn, stride_don, full_end, end, offs_m0, offs_n, offs_d, seed, bh, N_Q,
-                                 N_K, shift, qk_scale, dropout_p, window, doc_hi, True, WINDOW, DOC, DROPOUT, B_r)
+                                 stride_qn, stride_don, start, mid, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
+                                 shift, qk_scale, dropout_p, window, doc_hi, True, WINDOW, DOC, DROPOUT, B_r)
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
+                                 stride_qn, stride_don, mid, full_end, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
+                                 shift, qk_scale, dropout_p, window, doc_hi, False, WINDOW, DOC, DROPOUT, B_r)
+        if WINDOW or DOC:
+            dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
+                                     stride_qn, stride_don, full_end, end, offs_m0, offs_n, offs_d, seed, bh, N_Q,
+                                     N_K, shift, qk_scale, dropout_p, window, doc_hi, True, WINDOW, DOC, DROPOUT, B_r)
     tl.store(dK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :],
              (dk * sm_scale).to(dK.dtype.element_ty), mask=col_ok)
     tl.store(dV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :],
@@ -444,14 +473,14 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn
 
 
 @triton.jit
-def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr, O, dLSE, DocStart,
+def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr, O, dLSE, DocStart, Blocks,
                          stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
                          stride_vb, stride_vn, stride_vh, stride_dob, stride_don, stride_doh,
-                         stride_dqb, stride_dqn, stride_dqh, stride_ob, stride_on, stride_oh,
+                         stride_dqb, stride_dqn, stride_dqh, stride_ob, stride_on, stride_oh, stride_blh, stride_blr,
                          H, BH_BUCKET, NQ_BUCKET, NK_BUCKET, N_Q, N_K, qk_scale, sm_scale, dropout_p, window,
-                         CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr, DROPOUT: tl.constexpr,
-                         HAS_DLSE: tl.constexpr,
-                         D: tl.constexpr, WIDE: tl.constexpr, HEADS_OUTER: tl.constexpr, B_r: tl.constexpr,
+                         n_blocks,
+                         CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr, SPARSE: tl.constexpr,
+                         DROPOUT: tl.constexpr, HAS_DLSE: tl.constexpr, D: tl.constexpr, G: tl.constexpr, WIDE: tl.constexpr, HEADS_OUTER: tl.constexpr, B_r: tl.constexpr,
                          B_c: tl.constexpr):
     """Runs before the dK/dV kernel: its prologue computes D for its rows and writes it for
     that kernel (one launch fewer than a separate preprocessing pass)."""
@@ -477,17 +506,31 @@ def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr, O, dLSE, DocStar
     shift = N_K - N_Q
     DocRow = DocStart + b * N_K
     doc_lo = _doc_starts(DocRow, offs_m, N_Q, shift, DOC)
-    start, full_start, unmasked_end, end = _key_range(i, N_Q, N_K, window, DocRow, CAUSAL, WINDOW, DOC, False, B_r, B_c)
-    if WINDOW or DOC:
-        dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, start, full_start,
+    if SPARSE:  # as in the forward
+        row = Blocks + h * stride_blh + (i * B_r // G) * stride_blr
+        for t in range(0, tl.load(row)):
+            c = tl.load(row + 2 + t) * G
+            dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, c, c + G,
+                               offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
+                               False, WINDOW, DOC, DROPOUT, B_c)
+        for t in range(0, tl.load(row + 1)):
+            c = tl.load(row + 2 + n_blocks + t) * G
+            dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, c, tl.minimum(c + G, N_K),
+                               offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
+                               CAUSAL, WINDOW, DOC, DROPOUT, B_c)  # zero-loaded K rows need no mask: only the diagonal does
+    else:
+        start, full_start, unmasked_end, end = _key_range(i, N_Q, N_K, window, DocRow, CAUSAL, WINDOW, DOC, False,
+                                                          B_r, B_c)
+        if WINDOW or DOC:
+            dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, start, full_start,
+                               offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
+                               True, WINDOW, DOC, DROPOUT, B_c)
+        dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, full_start, unmasked_end,
+                           offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
+                           False, WINDOW, DOC, DROPOUT, B_c)
+        dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, unmasked_end, end,
                            offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
                            True, WINDOW, DOC, DROPOUT, B_c)
-    dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, full_start, unmasked_end,
-                       offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
-                       False, WINDOW, DOC, DROPOUT, B_c)
-    dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, unmasked_end, end,
-                       offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
-                       True, WINDOW, DOC, DROPOUT, B_c)
     tl.store(dQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqn + offs_d[None, :],
              (dq * sm_scale).to(dQ.dtype.element_ty), mask=row_ok[:, None])
 
@@ -612,6 +655,7 @@ def _kernel(name, d, decode=False, tma=False):
         # the best tile depends on how many programs fill the GPU, and N_q, N_k, so that a new
         # length in a known bucket (a prompt, evaluation at another context) is not tuned again.
         _tuned[name, d, tma] = triton.autotune(configs, key=["NQ_BUCKET", "NK_BUCKET", "BH_BUCKET", "CAUSAL", "WINDOW",
+                                                             "DOC", "SPARSE",
                                                              "DROPOUT", "D", "WIDE"],
                                                cache_results=options["tuning_cache"])(KERNELS[name])
     return _tuned[name, d, tma], {}
@@ -729,23 +773,36 @@ def _launch(name, D, n, tile, batch_heads, args, constexprs, signature):
         _COMPILED[key] = (compiled, tail, chosen[tile], chosen.get("TMA", False))
 
 
-def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, window, doc_start, doc_end):
-    """doc_start, doc_end: (B, N_k) int32, each key position's document bounds, or None."""
+def _mask_args(seed, doc, blocks, n_heads):
+    """The kernels' mask arguments: a document-bounds tensor, a block-list tensor and its
+    (head, row) strides (head stride 0 for a layout shared by the heads), the list length; the
+    seed (a real pointer) and zeros where there is none."""
+    if blocks is None:
+        return doc if doc is not None else seed, seed, 0, 0, 0
+    return (doc if doc is not None else seed, blocks, blocks.stride(0) if blocks.shape[0] == n_heads > 1 else 0,
+            blocks.stride(1), (blocks.shape[2] - 2) // 2)
+
+
+def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, window, doc_start, doc_end, blocks_kv, blocks_q, block):
+    """doc_start, doc_end: (B, N_k) int32, each key position's document bounds, or None;
+    blocks_kv, blocks_q: a BlockMask's lists (attention/masks.py) of tiles of `block`, or None."""
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, N_q, device=q.device, dtype=torch.float32)
-    docs = () if doc_start is None else (doc_start,)
+    doc, lists, stride_blh, stride_blr, n_blocks = _mask_args(seed, doc_start, blocks_kv, H)
     _launch("fwd", D, N_q, "B_r", B * H,
-            (q, k, v, o, lse, seed, doc_start if docs else seed,  # a real pointer even when unused
-             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
-             H, bucket(B * H), bucket(N_q), bucket(N_k), N_q, N_k, scale * LOG2E, dropout_p, window),
-            dict(CAUSAL=causal, WINDOW=window > 0, DOC=bool(docs), DROPOUT=dropout_p > 0, D=D),
-            _signature(q, k, v, seed, *docs))
+            (q, k, v, o, lse, seed, doc, lists,
+             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], stride_blh, stride_blr,
+             H, bucket(B * H), bucket(N_q), bucket(N_k), N_q, N_k, scale * LOG2E, dropout_p, window, n_blocks),
+            dict(CAUSAL=causal, WINDOW=window > 0, DOC=doc_start is not None, SPARSE=blocks_kv is not None,
+                 DROPOUT=dropout_p > 0, D=D, G=block),
+            _signature(q, k, v, seed, *(t for t in (doc_start, blocks_kv) if t is not None)))
     return o, lse
 
 
-def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, window, doc_start, doc_end, dq, dk, dv):
+def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, window, doc_start, doc_end,
+                blocks_kv, blocks_q, block, dq, dk, dv):
     """Writes dQ, dK, dV into dq, dk, dv (contiguous in head_dim; e.g. views of one packed gradient)."""
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
@@ -755,19 +812,21 @@ def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, windo
     args = (q, k, v, do)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
     scalars = (H, bucket(B * H), bucket(N_q), bucket(N_k), N_q, N_k, scale * LOG2E, scale, dropout_p, window)
-    docs = doc_start is not None
-    common = dict(CAUSAL=causal, WINDOW=window > 0, DOC=docs, DROPOUT=dropout_p > 0)
+    common = dict(CAUSAL=causal, WINDOW=window > 0, DOC=doc_start is not None, SPARSE=blocks_kv is not None,
+                  DROPOUT=dropout_p > 0)
     signature = _signature(q, k, v, do, seed, *(() if dlse is None else (dlse,)), dq, dk, dv,
-                           *((doc_start, doc_end) if docs else ()))
+                           *(t for t in (doc_start, doc_end, blocks_kv, blocks_q) if t is not None))
     # dQ first: its prologue writes D, which the dK/dV kernel reads. (Unused pointers are real ones.)
+    doc, lists, stride_blh, stride_blr, n_blocks = _mask_args(seed, doc_start, blocks_kv, H)
     _launch("dq", D, N_q, "B_r", B * H,
-            (*args, dq, lse, delta, seed, o, lse if dlse is None else dlse, doc_start if docs else seed,
-             *strides, *dq.stride()[:3], *o.stride()[:3], *scalars),
-            dict(**common, HAS_DLSE=dlse is not None, D=D), signature)
+            (*args, dq, lse, delta, seed, o, lse if dlse is None else dlse, doc, lists,
+             *strides, *dq.stride()[:3], *o.stride()[:3], stride_blh, stride_blr, *scalars, n_blocks),
+            dict(**common, HAS_DLSE=dlse is not None, D=D, G=block), signature)
+    doc, lists, stride_blh, stride_blr, n_blocks = _mask_args(seed, doc_end, blocks_q, H)
     _launch("dkdv", D, N_k, "B_c", B * H,
-            (*args, dk, dv, lse, delta, seed, doc_end if docs else seed,
-             *strides, *dk.stride()[:3], *dv.stride()[:3], *scalars),
-            dict(**common, D=D), signature)
+            (*args, dk, dv, lse, delta, seed, doc, lists,
+             *strides, *dk.stride()[:3], *dv.stride()[:3], stride_blh, stride_blr, *scalars, n_blocks),
+            dict(**common, D=D, G=block), signature)
 
 
 # --------------------------------------------------------------------------------------------
@@ -785,15 +844,14 @@ def _contiguous_rows(tensors):
     return [t if t.stride(-1) == 1 else t.contiguous() for t in tensors]  # whatever layout a compiler hands over
 
 
-def _forward(tensors, seed, causal, dropout_p, scale, window, doc_start, doc_end):
-    return _flash2_fwd(*_qkv(_contiguous_rows(tensors)), seed, causal, dropout_p, scale, window, doc_start, doc_end)
+def _forward(tensors, seed, causal, dropout_p, scale, *masks):
+    return _flash2_fwd(*_qkv(_contiguous_rows(tensors)), seed, causal, dropout_p, scale, *masks)
 
 
-def _backward(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale, window, doc_start, doc_end):
+def _backward(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale, *masks):
     tensors = _contiguous_rows(tensors)
     grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
-    _flash2_bwd(do, *_qkv(tensors), o, lse, dlse, seed, causal, dropout_p, scale, window, doc_start, doc_end,
-                *_qkv(grads))
+    _flash2_bwd(do, *_qkv(tensors), o, lse, dlse, seed, causal, dropout_p, scale, *masks, *_qkv(grads))
     return grads
 
 
@@ -803,13 +861,14 @@ def _backward(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale, window,
 # call than the kernels take at GPT-2 sizes (benchmarks/results/h100/notes.md).
 @torch.library.custom_op("gpt2flash::flash2_fwd", mutates_args=())
 def flash2_fwd(tensors: list[torch.Tensor], seed: torch.Tensor, causal: bool, dropout_p: float,
-               scale: float, window: int, doc_start: torch.Tensor | None,
-               doc_end: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward(tensors, seed, causal, dropout_p, scale, window, doc_start, doc_end)
+               scale: float, window: int, doc_start: torch.Tensor | None, doc_end: torch.Tensor | None,
+               blocks_kv: torch.Tensor | None, blocks_q: torch.Tensor | None,
+               block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(tensors, seed, causal, dropout_p, scale, window, doc_start, doc_end, blocks_kv, blocks_q, block)
 
 
 @flash2_fwd.register_fake
-def _(tensors, seed, causal, dropout_p, scale, window, doc_start, doc_end):
+def _(tensors, seed, causal, dropout_p, scale, *masks):
     B, N, H, D = _qkv(tensors)[0].shape
     return tensors[0].new_empty(B, N, H, D), tensors[0].new_empty(B, H, N, dtype=torch.float32)
 
@@ -817,48 +876,54 @@ def _(tensors, seed, causal, dropout_p, scale, window, doc_start, doc_end):
 @torch.library.custom_op("gpt2flash::flash2_bwd", mutates_args=())
 def flash2_bwd(do: torch.Tensor, tensors: list[torch.Tensor], o: torch.Tensor, lse: torch.Tensor,
                dlse: torch.Tensor | None, seed: torch.Tensor, causal: bool, dropout_p: float,
-               scale: float, window: int, doc_start: torch.Tensor | None,
-               doc_end: torch.Tensor | None) -> list[torch.Tensor]:
-    return _backward(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale, window, doc_start, doc_end)
+               scale: float, window: int, doc_start: torch.Tensor | None, doc_end: torch.Tensor | None,
+               blocks_kv: torch.Tensor | None, blocks_q: torch.Tensor | None, block: int) -> list[torch.Tensor]:
+    return _backward(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale, window, doc_start, doc_end,
+                     blocks_kv, blocks_q, block)
 
 
 @flash2_bwd.register_fake
-def _(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale, window, doc_start, doc_end):
+def _(do, tensors, o, lse, dlse, seed, causal, dropout_p, scale, *masks):
     return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
 
 
+N_ARGS = 10  # beside the tensors: seed, causal, dropout_p, scale, window, doc_start, doc_end, blocks_kv, blocks_q, block
+
+
 def _setup_context(ctx, inputs, output):
-    tensors, seed, causal, dropout_p, scale, window, doc_start, doc_end = inputs
-    ctx.n_docs = 0 if doc_start is None else 2
-    ctx.save_for_backward(*tensors, *output, seed, *((doc_start, doc_end) if ctx.n_docs else ()))
-    ctx.causal, ctx.dropout_p, ctx.scale, ctx.window = causal, dropout_p, scale, window
+    tensors, seed, causal, dropout_p, scale, window, *masks, block = inputs
+    ctx.present = [m is not None for m in masks]  # save_for_backward takes tensors only
+    ctx.save_for_backward(*tensors, *output, seed, *(m for m in masks if m is not None))
+    ctx.causal, ctx.dropout_p, ctx.scale, ctx.window, ctx.block = causal, dropout_p, scale, window, block
 
 
 def _grads(ctx, do, dlse, bwd):
     """The gradients of `tensors` through `bwd` (the op or the function)."""
-    saved = ctx.saved_tensors
-    docs = saved[len(saved) - ctx.n_docs:] if ctx.n_docs else (None, None)
-    *tensors, o, lse, seed = saved[:len(saved) - ctx.n_docs]
+    saved = list(ctx.saved_tensors)
+    n = sum(ctx.present)
+    given = iter(saved[len(saved) - n:])
+    masks = [next(given) if present else None for present in ctx.present]
+    *tensors, o, lse, seed = saved[:len(saved) - n]
     do = torch.zeros_like(o) if do is None else do  # only LSE was used
-    return bwd(do, list(tensors), o, lse, dlse, seed, ctx.causal, ctx.dropout_p, ctx.scale, ctx.window, *docs)
+    return bwd(do, tensors, o, lse, dlse, seed, ctx.causal, ctx.dropout_p, ctx.scale, ctx.window, *masks, ctx.block)
 
 
-# the gradients of tensors, and none of seed, causal, dropout_p, scale, window, doc_start, doc_end
-flash2_fwd.register_autograd(lambda ctx, do, dlse: (_grads(ctx, do, dlse, flash2_bwd), *[None] * 7),
+flash2_fwd.register_autograd(lambda ctx, do, dlse: (_grads(ctx, do, dlse, flash2_bwd), *[None] * N_ARGS),
                              setup_context=_setup_context)
 
 
 class _Flash2(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, seed, causal, dropout_p, scale, window, doc_start, doc_end, *tensors):
+    def forward(ctx, seed, causal, dropout_p, scale, window, doc_start, doc_end, blocks_kv, blocks_q, block, *tensors):
         ctx.set_materialize_grads(False)  # an unused LSE brings no zero-filled gradient
-        output = _forward(tensors, seed, causal, dropout_p, scale, window, doc_start, doc_end)
-        _setup_context(ctx, (tensors, seed, causal, dropout_p, scale, window, doc_start, doc_end), output)
+        masks = (window, doc_start, doc_end, blocks_kv, blocks_q, block)
+        output = _forward(tensors, seed, causal, dropout_p, scale, *masks)
+        _setup_context(ctx, (tensors, seed, causal, dropout_p, scale, *masks), output)
         return output
 
     @staticmethod
     def backward(ctx, do, dlse):
-        return *[None] * 7, *_grads(ctx, do, dlse, _backward)
+        return *[None] * N_ARGS, *_grads(ctx, do, dlse, _backward)
 
 
 _ZERO_SEEDS = {}  # a dict, not functools.cache: torch.compile traces through dict lookups silently
@@ -906,15 +971,36 @@ def _documents(documents, causal, n_k):
     return start.to(torch.int32).contiguous(), end.to(torch.int32).contiguous()
 
 
-def _attention(tensors, causal, dropout_p, scale, seed, return_lse, window, documents):
+def _blocks(block_mask, tensors, causal, window, documents):
+    """(blocks_kv, blocks_q, block) as the kernels take them (None, None, 16 without a block
+    mask), or one clear error."""
+    if block_mask is None:
+        return None, None, 16
+    q, k, _ = _qkv(tensors)
+    if window is not None or documents is not None:
+        raise ValueError("flash: a block mask does not combine with a window or documents here; "
+                         "fold them into its layout (attention.masks.block_mask)")
+    if (block_mask.n_q, block_mask.n_k, block_mask.causal) != (q.shape[1], k.shape[1], bool(causal)):
+        raise ValueError(f"flash: the block mask is for N_q={block_mask.n_q}, N_k={block_mask.n_k}, "
+                         f"causal={block_mask.causal}; this call has {q.shape[1]}, {k.shape[1]}, {bool(causal)}")
+    if block_mask.layout.shape[0] not in (1, q.shape[2]):
+        raise ValueError(f"flash: the block mask has {block_mask.layout.shape[0]} heads; the call {q.shape[2]}")
+    tile = 16 if INTERPRET else 128  # every tile the launch may pick divides it
+    if block_mask.block % tile:
+        raise ValueError(f"flash: the block mask's blocks must be a multiple of {tile} here; got {block_mask.block}")
+    return block_mask.kv.to(q.device), block_mask.q.to(q.device), block_mask.block
+
+
+def _attention(tensors, causal, dropout_p, scale, seed, return_lse, window, documents, block_mask):
     n_k = _qkv(tensors)[1].shape[1]
-    args = (seed, bool(causal), float(dropout_p), scale, _window(window, causal), *_documents(documents, causal, n_k))
+    args = (seed, bool(causal), float(dropout_p), scale, _window(window, causal), *_documents(documents, causal, n_k),
+            *_blocks(block_mask, tensors, causal, window, documents))
     o, lse = flash2_fwd(tensors, *args) if torch.compiler.is_compiling() else _Flash2.apply(*args, *tensors)
     return (o, lse) if return_lse else o
 
 
 def flash_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, return_lse=False, seed=None, window=None,
-                    documents=None):
+                    documents=None, block_mask=None):
     """FlashAttention-2. q: (B, N_q, H, d), k and v: (B, N_k, H, d), fp16 or bf16, d in
     {16, 32, 64, 128, 256}. Returns O (B, N_q, H, d), and LSE (B, H, N_q) fp32 when
     return_lse (differentiable too). `seed` (an int64 tensor of one element) fixes the dropout
@@ -922,20 +1008,21 @@ def flash_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, return_lse
     query sees only its last `window` keys, itself included (sliding-window attention).
     `documents` (with causal): (start, end) of each key position's document, (B, N_k), from
     attention.document_bounds(doc_ids): a query sees only the keys of its own document (packed
-    sequences, key padding). Blocks wholly outside every row's window or document are skipped."""
+    sequences, key padding). Blocks wholly outside every row's window or document are skipped.
+    `block_mask` (attention.masks.block_mask): block-sparse attention, only its tiles computed."""
     q, k, v, scale, seed = prepare_inputs(q, k, v, scale, seed, dropout_p, "flash", SUPPORTED_HEAD_DIMS)
-    return _attention([q, k, v], causal, dropout_p, scale, seed, return_lse, window, documents)
+    return _attention([q, k, v], causal, dropout_p, scale, seed, return_lse, window, documents, block_mask)
 
 
 def flash_attention_qkvpacked(qkv, causal=False, dropout_p=0.0, scale=None, return_lse=False, seed=None,
-                              window=None, documents=None):
+                              window=None, documents=None, block_mask=None):
     """flash_attention on packed inputs: qkv (B, N, 3, H, d), the fused QKV projection's output
     viewed so, whose gradient comes back packed the same way (no stacking copy)."""
     if qkv.dim() != 5 or qkv.shape[2] != 3:
         raise ValueError(f"flash: packed qkv must be (batch, seq, 3, heads, head_dim); got {tuple(qkv.shape)}")
     qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
     *_, scale, seed = prepare_inputs(*qkv.unbind(2), scale, seed, dropout_p, "flash", SUPPORTED_HEAD_DIMS)
-    return _attention([qkv], causal, dropout_p, scale, seed, return_lse, window, documents)
+    return _attention([qkv], causal, dropout_p, scale, seed, return_lse, window, documents, block_mask)
 
 
 configure()

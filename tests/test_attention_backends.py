@@ -71,5 +71,5 @@ def test_sdpa_window_equals_naive_window(n_q, n_k):
     o = get_attention("sdpa")(q, k, v, causal=True, window=5)
     torch.testing.assert_close(o, get_attention("naive")(q, k, v, causal=True, window=5), rtol=1e-9, atol=1e-9)
     assert not torch.allclose(o, get_attention("naive")(q, k, v, causal=True))
-    with pytest.raises(ValueError, match="a sliding window is causal"):
+    with pytest.raises(ValueError, match="sliding windows and document masks are causal"):
         get_attention("sdpa")(q, k, v, window=5)

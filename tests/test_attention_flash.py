@@ -18,7 +18,8 @@ import zlib
 import pytest
 import torch
 
-from attention import document_bounds, get_attention
+from attention import block_mask, document_bounds, get_attention
+from attention.masks import butterfly, local_global, random_blocks
 from attention.naive import reference_attention
 from tests.conftest import GPU, gpu_only, triton_device
 
@@ -43,8 +44,10 @@ CASES = [pytest.param(b, dt, d, c, n, p, marks=pytest.mark.xdist_group(f"{b}-{dt
          if not (b == "flash1" and d == 256)]
 
 
-def _errors(backend, dtype, d, causal, n_q, n_k, p, batch=2, heads=3, layout=lambda t: t, window=None, docs=None):
-    """docs: per batch row, the lengths of the documents packed into its N_k keys."""
+def _errors(backend, dtype, d, causal, n_q, n_k, p, batch=2, heads=3, layout=lambda t: t, window=None, docs=None,
+            blocks=None):
+    """docs: per batch row, the lengths of the documents packed into its N_k keys; blocks: a
+    function (n_q blocks, n_k blocks, heads) -> the layout of a block mask of BLOCK x BLOCK tiles."""
     g = torch.Generator(device=DEVICE).manual_seed(zlib.crc32(repr((backend, d, causal, n_q, n_k, p, window, docs)).encode()))
     q, k, v = (torch.randn(batch, n, heads, d, device=DEVICE, generator=g, dtype=dtype)
                for n in (n_q, n_k, n_k))
@@ -65,6 +68,9 @@ def _errors(backend, dtype, d, causal, n_q, n_k, p, batch=2, heads=3, layout=lam
     if docs is not None:
         ids = torch.tensor([[i for i, n in enumerate(row) for _ in range(n)] for row in docs], device=DEVICE)
         masks["documents"] = document_bounds(ids)
+    if blocks is not None:
+        n_qb, n_kb = -(-n_q // BLOCK), -(-n_k // BLOCK)
+        masks["block_mask"] = block_mask(blocks(n_qb, n_kb, heads).to(DEVICE), BLOCK, n_q, n_k, causal)
     ref = run(reference_attention, torch.float64, keep_mask=keep, **masks)
     low = run(reference_attention, dtype, keep_mask=keep, **masks)
     # Poison: fill and free blocks of the outputs' sizes, so the caching allocator hands
@@ -129,6 +135,47 @@ def test_document_masking_matches_reference(dtype, docs, lengths, window, p):
                                                   window=window, docs=docs)):
         assert ours == ours, f"{name}: NaN"
         assert ours <= 2 * naive + floor, f"{name}: error {ours:.2e} > 2 x naive {naive:.2e} + {floor:.1e}"
+
+
+BLOCK = 128 if GPU else 16
+BLOCK_PATTERNS = {  # (n_q blocks, n_k blocks, heads) -> layout
+    "butterfly": lambda nq, nk, h: butterfly(max(nq, nk))[:nq, :nk],
+    "local-global": lambda nq, nk, h: local_global(nq, nk, local=2, global_=1),
+    "random, empty rows": lambda nq, nk, h: random_blocks(nq, nk, 0.4, torch.Generator().manual_seed(nq * nk)),
+    "per head": lambda nq, nk, h: torch.stack([random_blocks(nq, nk, 0.5, torch.Generator().manual_seed(i))
+                                               for i in range(h)]),
+    "dense": lambda nq, nk, h: torch.ones(nq, nk, dtype=torch.bool),
+}
+BLOCK_CASES = [(pattern, causal, lengths, p) for pattern in BLOCK_PATTERNS for causal in (False, True)
+               for lengths, p in ([((1000, 1000), 0.0), ((4097, 4097), 0.17), ((300, 1000), 0.0)] if GPU else
+                                  [((60, 60), 0.0), ((40, 57), 0.17)])]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("pattern,causal,lengths,p", BLOCK_CASES)
+def test_block_sparse_matches_reference(dtype, pattern, causal, lengths, p):
+    """Block-sparse FlashAttention: only the mask's tiles are computed, against the reference
+    masked to the same tiles: the paper's butterfly, local + global, random ones (rows with no
+    tile come out 0), a layout per head, the dense layout; causal or not, ragged N."""
+    for name, (ours, naive, floor) in zip(["out", "dq", "dk", "dv"],
+                                          _errors("flash", dtype, 16 if not GPU else 64, causal, *lengths, p,
+                                                  blocks=BLOCK_PATTERNS[pattern])):
+        assert ours == ours, f"{name}: NaN"
+        assert ours <= 2 * naive + floor, f"{name}: error {ours:.2e} > 2 x naive {naive:.2e} + {floor:.1e}"
+
+
+def test_block_mask_lists_and_arguments():
+    m = block_mask(butterfly(4), 16, 60, 60, causal=True)
+    assert m.layout[0].int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [0, 1, 1, 1]]
+    assert m.kv[0, 3, :2].tolist() == [2, 1] and m.kv[0, 3, 2:4].tolist() == [1, 2] and m.kv[0, 3, 6] == 3
+    assert m.q[0, 0, :2].tolist() == [2, 1] and m.density == 0.5  # column 0: rows 1, 2 whole, row 0 on the diagonal
+    assert m.dense().shape == (1, 60, 60)
+    with pytest.raises(ValueError, match=r"the layout must be \(n_q blocks, n_k blocks\) = \(4, 4\)"):
+        block_mask(butterfly(8), 16, 60, 60)
+    from attention.flash import flash_attention
+    q = torch.randn(1, 60, 1, 16, device=DEVICE, dtype=torch.float16)
+    with pytest.raises(ValueError, match="the block mask is for N_q=60, N_k=60, causal=True"):
+        flash_attention(q, q, q, block_mask=m)
 
 
 def test_document_bounds():
