@@ -13,9 +13,10 @@ module's OPTIONS (name -> allowed values): keyword arguments of its function (sd
 for a module with `configure` (flash's launch options: autotuning, TMA, ...), its process-wide
 launch configuration.
 
-Beyond causal, backends take window=W (each query sees its last W keys), documents=(start,
-end) (attention.document_bounds: packed documents) and, for flash and naive, block_mask=
-(attention.block_mask: block-sparse layouts); see attention/masks.py.
+Beyond causal, naive, sdpa and flash take window=W (each query sees its last W keys) and
+documents=(start, end) (attention.document_bounds: packed documents), flash and naive also
+block_mask= (attention.block_mask: block-sparse layouts); see attention/masks.py. flash1 takes
+none of them.
 
 With packed=True the function takes qkv (batch, N, 3, heads, head_dim) instead, the fused
 projection's output viewed so. Backends with a packed entry point (PACKED) return the gradient
