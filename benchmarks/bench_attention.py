@@ -2,14 +2,17 @@
 its flash and cuDNN kernels, FlexAttention and naive attention, side by side in one run.
 
 Each shape keeps batch x N = tokens (16K by default). FLOPs count the two matmuls of the
-forward (4 B H N^2 d) and the five of the backward (2.5x), halved under causal masking. Times
-are medians of triton.testing.do_bench; memory is the peak allocated during one fwd+bwd
-above what the inputs already hold.
+forward (4 B H N^2 d) and the five of the backward (2.5x), halved under causal masking. A
+time is the median of --repeats timings, each the median of triton.testing.do_bench's
+window; its spread (max / min - 1) is recorded, and a point whose timings disagree by more
+than 5% is timed up to twice more, then marked unstable (* in the table). Memory is the peak
+allocated during one fwd+bwd above what the inputs already hold.
 
     python -m benchmarks.bench_attention --out benchmarks/results/h200/attention
 """
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
@@ -57,7 +60,21 @@ def flops(batch, heads, n, d, causal, mode):
     return f * {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}[mode]
 
 
-def measure(fn, batch, heads, n, d, causal, dtype=torch.bfloat16):
+SPREAD = 0.05  # repeats of a point that disagree by more than this are measured again, then marked
+
+
+def repeated(time_once, repeats=3, extra=2):
+    """(median, spread, times) of `repeats` timings (each a median over do_bench's window),
+    spread = max / min - 1; while the spread exceeds SPREAD, up to `extra` more timings."""
+    times = [time_once() for _ in range(repeats)]
+    while max(times) / min(times) - 1 > SPREAD and extra > 0:
+        times.append(time_once())
+        extra -= 1
+    return statistics.median(times), max(times) / min(times) - 1, times
+
+
+def measure(fn, batch, heads, n, d, causal, dtype=torch.bfloat16, repeats=3):
+    """({mode: median ms}, peak extra memory in bytes, {mode: spread of the repeats})."""
     q, k, v = (torch.randn(batch, n, heads, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
     do = torch.randn(batch, n, heads, d, device="cuda", dtype=dtype)
     fwd = lambda: fn(q, k, v, causal=causal)  # noqa: E731
@@ -69,12 +86,13 @@ def measure(fn, batch, heads, n, d, causal, dtype=torch.bfloat16):
     fwd().backward(do)
     torch.cuda.synchronize()
     mem = torch.cuda.max_memory_allocated() - base
-    t_fwd = triton.testing.do_bench(fwd, warmup=25, rep=100, return_mode="median")
-    t_bwd = triton.testing.do_bench(lambda: o.backward(do, retain_graph=True), warmup=25, rep=100,
-                                    grad_to_none=[q, k, v], return_mode="median")
-    t_all = triton.testing.do_bench(lambda: fwd().backward(do), warmup=25, rep=100,
-                                    grad_to_none=[q, k, v], return_mode="median")
-    return {"fwd": t_fwd, "bwd": t_bwd, "fwd+bwd": t_all}, mem
+    bench = {"fwd": lambda: triton.testing.do_bench(fwd, warmup=25, rep=100, return_mode="median"),
+             "bwd": lambda: triton.testing.do_bench(lambda: o.backward(do, retain_graph=True), warmup=25, rep=100,
+                                                    grad_to_none=[q, k, v], return_mode="median"),
+             "fwd+bwd": lambda: triton.testing.do_bench(lambda: fwd().backward(do), warmup=25, rep=100,
+                                                        grad_to_none=[q, k, v], return_mode="median")}
+    results = {m: repeated(t, repeats) for m, t in bench.items()}
+    return {m: r[0] for m, r in results.items()}, mem, {m: r[1] for m, r in results.items()}
 
 
 def shapes(a):
@@ -102,6 +120,8 @@ def main():
     ap.add_argument("--embd", default=None, help="embedding dims to sweep: heads = embd // head_dim")
     ap.add_argument("--naive-max-n", type=int, default=8192, help="naive's N x N scores get large")
     ap.add_argument("--flash1-max-n", type=int, default=4096, help="FA1's batch x heads parallelism is slow")
+    ap.add_argument("--repeats", type=int, default=3, help="timings per point (each a do_bench median); "
+                    "a point whose timings disagree by more than 5%% gets up to two more, then is marked")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -119,7 +139,7 @@ def main():
                 continue
             t0 = time.time()
             try:
-                times, mem = measure(fn, batch, heads, n, d, causal)
+                times, mem, spread = measure(fn, batch, heads, n, d, causal, repeats=args.repeats)
             except Exception as e:  # a provider that rejects a shape is reported, not fatal
                 print(f"{name} d={d} causal={causal} N={n}: {type(e).__name__}: {str(e)[:200]}", flush=True)
                 if isinstance(e, torch.OutOfMemoryError):  # recorded: Figure 3 marks it
@@ -130,6 +150,7 @@ def main():
                 continue
             row = dict(provider=name, head_dim=d, heads=heads, causal=causal, seqlen=n, batch=batch,
                        peak_mem_mb=mem / 2**20, **{f"ms_{m}": times[m] for m in MODES},
+                       **{f"spread_{m}": spread[m] for m in MODES}, unstable=max(spread.values()) > SPREAD,
                        **{f"tflops_{m}": flops(batch, heads, n, d, causal, m) / times[m] / 1e9 for m in MODES})
             rows.append(row)
             save()
@@ -153,7 +174,8 @@ def ratio_table(rows, mode="fwd+bwd", against=("sdpa-flash", "sdpa-cudnn", "flex
         def ratio(other, m=mode):
             o = index.get((other, d, causal, n))
             return f"{r['tflops_' + m] / o['tflops_' + m]:.2f}x" if o else "-"
-        lines.append(f"| {d} | {int(causal)} | {n} | {r['tflops_' + mode]:.0f} | " + " | ".join(ratio(a) for a in against)
+        mark = "*" if r.get("unstable") else ""
+        lines.append(f"| {d} | {int(causal)} | {n} | {r['tflops_' + mode]:.0f}{mark} | " + " | ".join(ratio(a) for a in against)
                      + f" | {ratio('sdpa-flash', 'fwd')} | {ratio('sdpa-flash', 'bwd')} |")
     return "\n".join(lines)
 

@@ -128,14 +128,15 @@ def main(argv=None):
         pairs, visited = visible_pairs(case, batch)
         kw = ours_kwargs(case, "cuda")
         if (n, batch) not in dense:
-            dense[n, batch], _ = measure(lambda q, k, v, causal: flash_attention(q, k, v), batch, a.heads, n, d, False)
+            dense[n, batch], _, _ = measure(lambda q, k, v, causal: flash_attention(q, k, v), batch, a.heads, n, d, False)
         fns = {"ours": lambda q, k, v, causal, kw=kw, c=case["causal"]: flash_attention(q, k, v, causal=c, **kw),
                "flex": flex_fn(case, a.heads, batch, "cuda")}
         for name, fn in fns.items():
-            times, mem = measure(fn, batch, a.heads, n, d, case["causal"])
+            times, mem, spread = measure(fn, batch, a.heads, n, d, case["causal"])
             f = 4 * pairs * a.heads * d
             rows.append({"case": case["name"], "provider": name, "n": n, "batch": batch, "visited": visited,
                          "peak_mem_mb": mem / 2**20, **{f"ms_{m}": times[m] for m in MODES},
+                         **{f"spread_{m}": spread[m] for m in MODES},
                          **{f"tflops_{m}": f * {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}[m] / times[m] / 1e9 for m in MODES},
                          "time_vs_dense": times["fwd+bwd"] / dense[n, batch]["fwd+bwd"]})
             print(rows[-1], flush=True)
