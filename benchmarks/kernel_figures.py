@@ -6,7 +6,10 @@ rows of benchmarks/bench_attention.py), never from typed-in numbers.
 - fa1_vs_fa2: FlashAttention-1 against -2 (ours), TFLOP/s against sequence length;
 - fwd_vs_bwd: forward and backward TFLOP/s apart, ours against SDPA's kernels;
 - sweep: time, TFLOP/s and memory against one swept dimension (batch, heads, embedding or
-  head dim); heatmap: TFLOP/s over batch x sequence length.
+  head dim, sequence length; causal and non-causal as line styles); fwd_and_bwd: forward and
+  backward time apart against one; heatmap: TFLOP/s over batch x sequence length;
+- forward_table: the forward pass over a batch x N x heads grid, time, TFLOP/s and memory per
+  provider, out-of-memory marked (Markdown).
 """
 
 import json
@@ -98,20 +101,25 @@ def fa1_vs_fa2(rows, path):
 
 
 def fwd_vs_bwd(rows, path):
-    _lines(rows, path, [(f"{p} {m}", p, f"tflops_{m}", s) for p in ("flash", "sdpa-flash", "sdpa-cudnn")
+    _lines(rows, path, [(f"{p} {m}", p, f"tflops_{m}", s) for p in ("flash", "sdpa-flash", "sdpa-cudnn", "naive")
                         for m, s in (("fwd", "--"), ("bwd", "-"))], "TFLOP/s")
 
 
 SWEEP_AXES = {"batch": ("batch", "batch size"), "heads": ("heads", "number of heads"),
-              "embd": (None, "embedding dim (heads x head dim)"), "head_dim": ("head_dim", "head dim")}
+              "embd": (None, "embedding dim (heads x head dim)"), "head_dim": ("head_dim", "head dim"),
+              "seqlen": ("seqlen", "sequence length")}
+
+
+def _axis(axis):
+    key, label = SWEEP_AXES[axis]
+    return ((lambda r: r["heads"] * r["head_dim"]) if key is None else (lambda r: r[key])), label
 
 
 def sweep(rows, path, axis):
     """Time, TFLOP/s and memory against one swept dimension, per provider (fwd+bwd; causal and
     non-causal as separate line styles)."""
     plt = _plt()
-    key, label = SWEEP_AXES[axis]
-    x = (lambda r: r["heads"] * r["head_dim"]) if key is None else (lambda r: r[key])
+    x, label = _axis(axis)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for prov in providers(rows):
         for causal, style in ((True, "-"), (False, "--")):
@@ -129,6 +137,41 @@ def sweep(rows, path, axis):
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def fwd_and_bwd(rows, path, axis, causal=True):
+    """Forward and backward time apart against one swept dimension, per provider."""
+    plt = _plt()
+    x, label = _axis(axis)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for prov in providers(rows):
+        for mode, style in (("fwd", "--"), ("bwd", "-")):
+            pts = sorted((x(r), r[f"ms_{mode}"]) for r in ok(rows, provider=prov, causal=causal))
+            if pts:
+                ax.plot(*zip(*pts), style, marker="o", ms=3, label=f"{prov} {mode}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set(xlabel=label, ylabel="time (ms)", title=f"forward and backward, {'causal' if causal else 'non-causal'}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def forward_table(rows):
+    """Markdown: per (batch, N, heads, causal), each provider's forward ms / TFLOP/s / MB, or OOM."""
+    provs = providers(rows)
+    cell = {(r["provider"], r["batch"], r["seqlen"], r["heads"], r["causal"]): r for r in rows}
+    lines = ["| batch | N | heads | causal | " + " | ".join(f"{p}: fwd ms / TFLOP/s / MB" for p in provs) + " |",
+             "|---|---|---|---|" + "---|" * len(provs)]
+    for b, n, h, c in sorted({k[1:] for k in cell}, key=lambda k: (k[0], k[1], k[2], not k[3])):
+        row = []
+        for p in provs:
+            r = cell.get((p, b, n, h, c))
+            row.append("-" if r is None else "OOM" if r.get("error") == "OOM" else
+                       f"{r['ms_fwd']:.3f} / {r['tflops_fwd']:.0f} / {r['peak_mem_mb']:.0f}")
+        lines.append(f"| {b} | {n} | {h} | {int(c)} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def heatmap(rows, path, provider="flash"):

@@ -113,17 +113,48 @@ def table4_summary(rows):
 BENCH = [sys.executable, "-m", "benchmarks.bench_attention"]
 FIGURE3 = ["--providers", "flash,sdpa-flash,naive", "--shapes", "64x12", "--causal", "1", "--tokens", "65536",
            "--naive-max-n", "65536"]
-# The seed reports' sweeps: one dimension at a time around GPT-2 small's attention (N=1024,
-# batch 16, 12 heads of 64), causal and not; flash1 and naive beside ours and SDPA's FA2.
+# The seed reports' sweeps, at the seeds' settings (the FA1 lab report: N 512, batch 16 unless
+# swept; its Fig. 5 at 8 heads; the FA2 lab reports: the forward pass over batch 16/32/64 x N
+# 512/1024/2048 x heads 8/16/32, and the embedding dim at 16 heads): flash1 and naive beside
+# ours and SDPA's FA2. name -> (bench_attention arguments, figures drawn from them).
 SWEEP_PROVIDERS = ["--providers", "flash,flash1,sdpa-flash,naive"]
 SWEEPS = {
-    "batch": ["--shapes", "64x12", "--seqlens", "1024", "--batch", "1,2,4,8,16,32,64"],
-    "heads": ["--shapes", "64x12", "--seqlens", "1024", "--batch", "16", "--heads", "1,2,4,8,12,16,32"],
-    "embd": ["--shapes", "64x12", "--seqlens", "1024", "--batch", "16", "--embd", "256,512,768,1024,1536,2048"],
-    "head_dim": ["--shapes", "16x48,32x24,64x12,128x6,256x3", "--seqlens", "1024", "--batch", "16"],
-    "grid": ["--shapes", "64x12", "--causal", "1", "--seqlens", "512,1024,2048,4096,8192", "--batch", "1,2,4,8,16,32",
-             "--providers", "flash"],
+    "batch": (["--shapes", "64x12", "--seqlens", "512", "--batch", "1,2,4,8,16,32,64"], ("sweep", "fwd_and_bwd")),
+    "heads": (["--shapes", "64x12", "--seqlens", "512", "--batch", "16", "--heads", "1,2,4,8,16,32,64"], ("sweep",)),
+    "embd": (["--shapes", "64x12", "--seqlens", "512", "--batch", "16", "--embd", "64,128,256,512,1024,2048"],
+             ("sweep",)),
+    "embd-16-heads": (["--shapes", "64x16,128x16,256x16", "--seqlens", "1024", "--batch", "16"], ("sweep",)),
+    "head_dim": (["--shapes", "16x48,32x24,64x12,128x6", "--seqlens", "512", "--batch", "16"], ("sweep",)),
+    "causal": (["--shapes", "64x8", "--batch", "16", "--seqlens", "128,256,512,1024,2048,4096"], ("sweep", "fwd_and_bwd")),
+    "grid": (["--shapes", "64x12", "--causal", "1", "--seqlens", "512,1024,2048,4096,8192", "--batch", "1,2,4,8,16,32",
+              "--providers", "flash"], ("heatmap",)),
+    "forward": (["--shapes", "64x8", "--heads", "8,16,32", "--seqlens", "512,1024,2048", "--batch", "16,32,64",
+                 "--providers", "flash,flash1,naive"], ("forward_table",)),
 }
+SWEEP_X = {"batch": "batch", "heads": "heads", "embd": "embd", "embd-16-heads": "embd", "head_dim": "head_dim",
+           "causal": "seqlen"}
+# Each seed figure, its setting, and the figure of ours that answers it (under OUT_DIR).
+SEED_FIGURES = [
+    ("FA1 lab report (T4)", "time against N", "batch x N = 16K, d 64 / 128", "../attention/d64/attention.png"),
+    ("FA1 lab report (T4)", "TFLOP/s against N", "batch x N = 16K", "../attention/d64/attention.png"),
+    ("FA1 lab report (T4)", "batch 1-64", "N 512", "sweeps/batch.png"),
+    ("FA1 lab report (T4)", "speedup over PyTorch, bars", "per N", "kernels/speedup_bars.png"),
+    ("FA1 lab report (T4)", "Fig. 5: causal against non-causal time", "heads 8, batch 16, N 128-4096", "sweeps/causal.png"),
+    ("FA1 lab report (T4)", "heads up to 64", "N 512, batch 16", "sweeps/heads.png"),
+    ("FA1 lab report (T4)", "embedding dim 64-2048", "head dim 64, N 512, batch 16", "sweeps/embd.png"),
+    ("FA1 lab report (T4)", "memory against N", "batch x N = 64K", "figure3/figure3.png"),
+    ("FA1 lab report (T4)", "Fig. 9: forward against backward time", "by batch (N 512) and by N (batch 16)",
+     "sweeps/batch-fwd_and_bwd.png, sweeps/causal-fwd_and_bwd.png"),
+    ("FA1 lab report (T4)", "head dim 16-64+", "N 512, batch 16", "sweeps/head_dim.png"),
+    ("FA1 lab report (T4)", "heatmap batch x N", "causal, d 64", "sweeps/grid.png"),
+    ("FA1 lab report (T4)", "Fig. 12: forward / backward TFLOP/s summary against PyTorch", "batch x N = 16K",
+     "kernels/fwd_vs_bwd.png"),
+    ("FA2 lab reports", "forward: time, TFLOP/s, peak memory, PyTorch OOM", "batch 16/32/64 x N 512/1024/2048 x "
+     "heads 8/16/32, causal on / off", "sweeps/forward.md"),
+    ("FA2 lab reports", "embedding dim 1024/2048/4096", "16 heads (head dim 64/128/256), N 1024, batch 16",
+     "sweeps/embd-16-heads.png"),
+    ("FA2 lab reports", "FA1 against FA2", "batch x N = 16K", "kernels/fa1_vs_fa2.png"),
+]
 
 
 def bench(out_dir, args, run):
@@ -150,18 +181,55 @@ def figures(out, budget, run):
     return f"![Figure 3](figure3/figure3.png)\n\nMeasured on {measured(data['meta'])}: {cmd}\n"
 
 
+def _sweep_args(name):
+    args, _ = SWEEPS[name]
+    return args if "--providers" in args else [*SWEEP_PROVIDERS, *args]
+
+
+def _current(data, name):
+    """Whether a sweep's committed data were measured at today's setting of it."""
+    return " ".join(_sweep_args(name)) in data["meta"]["command"]
+
+
 def sweeps(out, run):
-    """The seed reports' kernel sweeps (batch, heads, embedding dim, head dim) and heatmap."""
+    """The seed reports' kernel sweeps at their settings, their figures and the forward table."""
     lines = []
-    for name, args in SWEEPS.items():
-        data, cmd = bench(out / "sweeps" / name, args if name == "grid" else [*SWEEP_PROVIDERS, *args], run)
+    for name, (_, drawn) in SWEEPS.items():
+        data, cmd = bench(out / "sweeps" / name, _sweep_args(name), run)
         if data is None:
             lines.append(f"- {name}: not measured (needs a GPU: `--only sweeps`)")
             continue
-        png = out / "sweeps" / f"{name}.png"
-        (kernel_figures.heatmap if name == "grid" else lambda r, p: kernel_figures.sweep(r, p, name))(data["rows"], png)
-        lines.append(f"- {name}: ![{name}](sweeps/{name}.png) measured on {measured(data['meta'])}: {cmd}")
+        shown = []
+        for kind in drawn:
+            if kind == "forward_table":
+                (out / "sweeps" / f"{name}.md").write_text(kernel_figures.forward_table(data["rows"]))
+                shown.append(f"[{name} table](sweeps/{name}.md)")
+                continue
+            png = f"{name}.png" if kind in ("sweep", "heatmap") else f"{name}-{kind}.png"
+            if kind == "heatmap":
+                kernel_figures.heatmap(data["rows"], out / "sweeps" / png)
+            else:
+                getattr(kernel_figures, kind)(data["rows"], out / "sweeps" / png, SWEEP_X[name])
+            shown.append(f"![{name}](sweeps/{png})")
+        when = "" if _current(data, name) else " (an earlier setting than today's; `--only sweeps` measures it again)"
+        lines.append(f"- {name}: {' '.join(shown)} measured on {measured(data['meta'])}: `{data['meta']['command']}`{when}")
     return "\n".join(lines) + "\n"
+
+
+def seed_map(out):
+    """Markdown: each seed report's figure, its setting, ours, and whether it is drawn here at
+    that setting."""
+    def state(ours):
+        for f in (x.strip() for x in ours.split(",")):
+            if not (out / f).is_file():
+                return "not yet"
+            name = Path(f).stem.split("-fwd_and_bwd")[0]
+            data = out / "sweeps" / name / "attention.json"
+            if f.startswith("sweeps/") and data.is_file() and not _current(json.loads(data.read_text()), name):
+                return "at an earlier setting"
+        return "yes"
+    rows = [[seed, figure, setting, ours, state(ours)] for seed, figure, setting, ours in SEED_FIGURES]
+    return harness.md_table(["seed report", "figure", "setting", "ours (in this folder)", "drawn"], rows) + "\n"
 
 
 def seed_figures(out, tables):
@@ -217,7 +285,8 @@ def main(argv=None):
     report += ["## Figure 3: runtime and memory against sequence length", "", figures(a.out, a.budget, "figures" in parts)]
     tables = a.kernel_tables if a.kernel_tables is not None else [a.out.parent / "attention" / "d64", a.out.parent / "attention" / "d128"]
     report += ["## Kernel benchmarks of the seed reports", "", seed_figures(a.out, tables), "",
-               "### Sweeps: batch, heads, embedding dim, head dim; TFLOP/s heatmap", "", sweeps(a.out, "sweeps" in parts)]
+               "### Sweeps: batch, heads, embedding dim, head dim; TFLOP/s heatmap", "", sweeps(a.out, "sweeps" in parts),
+               "### The seed reports' figures and ours", "", seed_map(a.out)]
     notes = a.out / "reading.md"  # a hand-written reading of the measured results, when present
     if notes.is_file():
         report += ["## Reading", "", notes.read_text()]

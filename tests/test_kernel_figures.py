@@ -6,7 +6,7 @@ import json
 import pytest
 
 from benchmarks import kernel_figures
-from benchmarks.reproduce import figures, seed_figures, sweeps
+from benchmarks.reproduce import SEED_FIGURES, SWEEPS, _sweep_args, figures, seed_figures, seed_map, sweeps
 
 pytest.importorskip("matplotlib")
 
@@ -51,4 +51,22 @@ def test_report_parts_from_committed_tables(tmp_path):
     text = seed_figures(tmp_path, [tmp_path / "d64", tmp_path / "missing"])
     assert "kernels/speedup_bars.png" in text and "GPU X, 2026-01-01" in text
     assert "figure3/figure3.png" in figures(tmp_path, "small", run=False)
-    assert sweeps(tmp_path, run=False).count("not measured") == 5
+    assert sweeps(tmp_path, run=False).count("not measured") == len(SWEEPS)
+    (tmp_path / "sweeps" / "causal").mkdir(parents=True)
+    causal = rows(seqlen=[128, 256])
+    (tmp_path / "sweeps" / "causal" / "attention.json").write_text(json.dumps(
+        {"meta": {**meta, "command": "python -m benchmarks.bench_attention " + " ".join(_sweep_args("causal"))},
+         "rows": causal}))
+    text = sweeps(tmp_path, run=False)
+    assert "sweeps/causal.png" in text and "sweeps/causal-fwd_and_bwd.png" in text and "earlier setting" not in text
+    table = seed_map(tmp_path)
+    assert "| FA1 lab report (T4) | Fig. 5: causal against non-causal time | heads 8, batch 16, N 128-4096 | " \
+           "sweeps/causal.png | yes |" in table and table.count("not yet") == len(SEED_FIGURES) - 5  # kernels/ x 3, figure3
+
+
+def test_forward_table_marks_oom():
+    data = [dict(r, batch=b, ms_fwd=1.0) for r in rows(seqlen=[512]) if r["provider"] in ("flash", "naive")
+            for b in (16, 32)] + [dict(provider="naive", head_dim=64, heads=12, causal=True, seqlen=2048, batch=64,
+                                       error="OOM")]
+    table = kernel_figures.forward_table(data)
+    assert "| 64 | 2048 | 12 | 1 | - | OOM |" in table and "| 16 | 512 | 12 | 1 | 1.000 / 270 / 51200 |" in table
