@@ -89,7 +89,7 @@ def _num(x, fmt):
 
 def markdown(rows, baseline, target_loss):
     base = next(r for r in rows if r["run"] == baseline)
-    head = ["run", "device", "impl", "attention", "compile", "context", "steps", "tokens/s", f"speedup vs {baseline}",
+    head = ["run", "device", "impl", "attention", "compile", "context", "steps", "tokens/s", f"tokens/s vs {baseline}",
             "MFU", "peak GB", "tokens", "val loss", "val ppl", "train time s"]
     if target_loss:
         head.append(f"time to val loss {target_loss} (s)")
