@@ -58,3 +58,18 @@ def test_model_defaults_live_once_and_match_the_model():
     assert cfg.model.n_layer == defaults["n_layer"] and cfg.model.n_embd == defaults["n_embd"]  # gpt2-small
     for size in options("model"):
         assert set(OmegaConf.load(CONF / "model" / f"{size}.yaml")) == {"name", "n_layer", "n_head", "n_embd"}, size
+
+
+def test_a_checkpoint_from_before_the_mask_keys_resumes():
+    """model.window and model.documents are fixed on resume; a checkpoint written before they
+    existed holds neither, and means no window and no document masking."""
+    from training.config import UserError, resume_changes
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config")
+    saved = OmegaConf.to_container(cfg)
+    del saved["model"]["window"], saved["model"]["documents"]
+    assert resume_changes(saved, cfg) == []
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        masked = compose("config", ["model.documents=true"])
+    with pytest.raises(UserError, match="model.documents is False in the checkpoint and True now"):
+        resume_changes(saved, masked)

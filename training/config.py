@@ -44,6 +44,8 @@ RESUME_KEYS = ("train.max_steps", "train.lr", "train.min_lr", "train.warmup_step
                "train.weight_decay", "train.betas", "train.grad_clip", "train.seed")
 FIXED_ON_RESUME = ("context", "model.n_layer", "model.n_head", "model.n_embd", "model.vocab_multiple", "model.impl",
                    "model.window", "model.documents", "data.name")
+# what a key means in a checkpoint written before the key existed
+ABSENT_MEANS = {"model.window": None, "model.documents": False}
 
 
 def _get(cfg, key):
@@ -121,8 +123,11 @@ def resume_changes(saved, cfg):
     and for a change not in train.allow_changes."""
     saved = OmegaConf.create(saved)
     for key in FIXED_ON_RESUME:
-        if _get(saved, key) != _get(cfg, key):
-            raise UserError(f"{key} is {_get(saved, key)!r} in the checkpoint and {_get(cfg, key)!r} now: a resumed run "
+        old = _get(saved, key)
+        if old is None:
+            old = ABSENT_MEANS.get(key)
+        if old != _get(cfg, key):
+            raise UserError(f"{key} is {old!r} in the checkpoint and {_get(cfg, key)!r} now: a resumed run "
                             "keeps it; to train on from these weights with another value, start a new run with "
                             "train.init_from=<this run dir>")
     allowed = set(_get(cfg, "train.allow_changes") or [])
