@@ -74,4 +74,8 @@ def test_summary_table_and_figure(tmp_path):
     table = (tmp_path / "out/table.md").read_text()
     assert "| staged 4096 (copy) | 1 | 268M | 28.40 | 30.10 |" in table
     assert "| control 1024 | 268M | 1 | 29.60 | 29.60 | 1.000 |" in table
+    from benchmarks.reproduce import table4_protocols
+    section = table4_protocols(tmp_path / "out")  # the report's Table 4, from summary.json alone
+    assert "| staged 4096 (copy) | 1 | 268M | 28.40 |" in section and "![Table 4](table4/table4.png)" in section
+    assert "- staged 4096 (copy): val ppl 28.40, 28.60 (seeds 1, 2)" not in section  # seed 2 has no control: no ratio
     assert (tmp_path / "out/table4.png").stat().st_size > 0
