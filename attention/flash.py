@@ -992,7 +992,7 @@ def _blocks(block_mask, tensors, causal, window, documents):
 
 
 def _attention(tensors, causal, dropout_p, scale, seed, return_lse, window, documents, block_mask):
-    n_k = _qkv(tensors)[1].shape[1]
+    n_k = _qkv(tensors)[1].shape[1] if documents is not None else None  # no extra views on the plain path
     args = (seed, bool(causal), float(dropout_p), scale, _window(window, causal), *_documents(documents, causal, n_k),
             *_blocks(block_mask, tensors, causal, window, documents))
     o, lse = flash2_fwd(tensors, *args) if torch.compiler.is_compiling() else _Flash2.apply(*args, *tensors)
