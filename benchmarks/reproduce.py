@@ -107,17 +107,20 @@ def run_table(out, table, runs, budget, extra, steps_per_run, run=True):
 
 def table4_protocols(folder):
     """Table 4 from benchmarks/table4.py's summary.json (the protocols scored on shared targets):
-    where and how, both tables, the figure, and each configuration's ratio to its control."""
+    where and how, both tables, the figure, and each configuration's ratio to its paired 1K run."""
     from benchmarks import table4
     summ = json.loads((folder / "summary.json").read_text())
     m = summ["meta"]
     lines = [f"Measured on {m.get('device', '?')}, {m.get('date', '?')}; {m.get('data', '')}", "",
              *[f"    {c}" for c in m.get("commands", [])], "", table4.table(summ), "", "![Table 4](table4/table4.png)", ""]
     for c in summ["by_config"]:
-        if c["ratio_to_control"] and not c["config"].startswith("control"):
+        if c["ratio_to_baseline"]:
             lines.append(f"- {c['config']}: val ppl {', '.join(f'{v:.2f}' for v in c['val_ppl'])} (seeds "
-                         f"{', '.join(map(str, c['seeds']))}), {', '.join(f'{r:.3f}' for r in c['ratio_to_control'])}x "
-                         "the same seed's control")
+                         f"{', '.join(map(str, c['seeds']))}), {', '.join(f'{r:.3f}' for r in c['ratio_to_baseline'])}x "
+                         f"{c['baseline']} of the same seed and tokens")
+        elif c["baseline"]:
+            lines.append(f"- {c['config']}: val ppl {', '.join(f'{v:.2f}' for v in c['val_ppl'])}; not paired yet "
+                         f"({c['baseline']} of the same seed and tokens not run)")
     lines += [f"- {n}" for n in m.get("notes", [])]
     return "\n".join(lines) + "\n"
 

@@ -111,19 +111,30 @@ def summary(paths, meta):
 
 
 def by_config(runs):
-    """Runs of one configuration over seeds: each seed's ppl, and its ratio to the control of the
-    same seed and the same training tokens (the paired comparison: both share the parent weights)."""
-    controls = {(r["seed"], r["train_tokens"]): r["val_ppl"] for r in runs if r["protocol"] == "control"}
+    """Runs of one configuration over seeds: each seed's ppl, and its ratio to its 1K baseline of the
+    same seed and the same training tokens (the paired comparison): a staged run against the
+    control (both continue the same parent), a scratch run against scratch 1024."""
+    ppl = {(label(r), r["seed"], r["train_tokens"]): r["val_ppl"] for r in runs}
     groups = {}
     for r in runs:
         groups.setdefault(label(r), []).append(r)
     out = []
     for name, rs in groups.items():
-        ratios = [r["val_ppl"] / controls[k] for r in rs if (k := (r["seed"], r["train_tokens"])) in controls]
+        base = baseline(rs[0])
+        ratios = [r["val_ppl"] / ppl[k] for r in rs if base and (k := (base, r["seed"], r["train_tokens"])) in ppl]
         out.append({"config": name, "train_tokens": rs[0]["train_tokens"], "seeds": [r["seed"] for r in rs],
                     "val_ppl": [r["val_ppl"] for r in rs], "val_ppl_mean": statistics.fmean(r["val_ppl"] for r in rs),
-                    "ratio_to_control": ratios if len(ratios) == len(rs) else None})
+                    "baseline": base, "ratio_to_baseline": ratios if base and len(ratios) == len(rs) else None})
     return out
+
+
+def baseline(r):
+    """The 1K configuration a run is paired with, or None for the baselines themselves."""
+    if r["protocol"] == "staged":
+        return "control 1024"
+    if r["protocol"] == "scratch" and r["context"] != 1024:
+        return "scratch 1024"
+    return None
 
 
 def data_paths(data):
@@ -155,12 +166,13 @@ def table(summ):
                      f"{fmt(r['val_ppl_ctx1024'])} | {fmt(r['val_ppl_sliding'])} | "
                      + " | ".join(fmt(r["loss_by_position"].get(b), "{:.3f}") for b in buckets)
                      + f" | {fmt(r['tokens_per_s'], '{:,.0f}')} |")
-    lines += ["", "| configuration | train tokens | seeds | val ppl, each seed | mean | ppl / the same seed's control |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| configuration | train tokens | seeds | val ppl, each seed | mean | paired with | ppl / paired run's |",
+              "|---|---|---|---|---|---|---|"]
     for c in summ["by_config"]:
-        ratios = ", ".join(f"{x:.3f}" for x in c["ratio_to_control"]) if c["ratio_to_control"] else ""
+        ratios = ", ".join(f"{x:.3f}" for x in c["ratio_to_baseline"]) if c["ratio_to_baseline"] else ""
         lines.append(f"| {c['config']} | {c['train_tokens'] / 1e6:.0f}M | {', '.join(map(str, c['seeds']))} | "
-                     f"{', '.join(f'{v:.2f}' for v in c['val_ppl'])} | {c['val_ppl_mean']:.2f} | {ratios} |")
+                     f"{', '.join(f'{v:.2f}' for v in c['val_ppl'])} | {c['val_ppl_mean']:.2f} | "
+                     f"{c['baseline'] or ''} | {ratios} |")
     return "\n".join(lines)
 
 

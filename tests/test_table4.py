@@ -62,20 +62,31 @@ def test_summary_table_and_figure(tmp_path):
     control = {**score, "run": "c", "protocol": "control", "context": 1024, "init_positions": "copy",
                "val_ppl": 29.6, "val_ppl_ctx1024": None, "val_ppl_sliding": 28.2}
     other_seed = {**score, "run": "s2", "seed": 2, "val_ppl": 28.6}   # no control of seed 2
-    for name, s in (("a", score), ("c", control), ("s2", other_seed)):
+    scratch = {**score, "run": "x", "protocol": "scratch", "init_positions": None, "val_ppl": 33.0}
+    scratch_1k = {**scratch, "run": "x1", "context": 1024, "val_ppl": 30.0}
+    scratch_2k = {**scratch, "run": "x2", "context": 2048, "train_tokens": 1, "val_ppl": 31.0}  # no 1K run at its tokens
+    runs = {"a": score, "c": control, "s2": other_seed, "x": scratch, "x1": scratch_1k, "x2": scratch_2k}
+    for name, s in runs.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(s))
-    table4.main(["summary", *(str(tmp_path / f"{n}.json") for n in "a c s2".split()), "--out", str(tmp_path / "out"),
+    table4.main(["summary", *(str(tmp_path / f"{n}.json") for n in runs), "--out", str(tmp_path / "out"),
                  "--meta", '{"device": "x"}'])
     summ = json.loads((tmp_path / "out/summary.json").read_text())
     assert summ["meta"] == {"device": "x"} and summ["runs"][-2]["val_ppl_ctx1024"] == 30.1
-    staged = next(c for c in summ["by_config"] if c["config"] == "staged 4096 (copy)")
+    configs = {c["config"]: c for c in summ["by_config"]}
+    staged = configs["staged 4096 (copy)"]
     assert staged["seeds"] == [1, 2] and staged["val_ppl_mean"] == pytest.approx(28.5)
-    assert staged["ratio_to_control"] is None      # seed 2 has no control: no half-paired ratio
+    assert staged["baseline"] == "control 1024" and staged["ratio_to_baseline"] is None  # seed 2 has no control
+    assert configs["scratch 4096"]["baseline"] == "scratch 1024"  # scratch pairs with scratch, not the control
+    assert configs["scratch 4096"]["ratio_to_baseline"] == [pytest.approx(1.1)]
+    assert configs["scratch 2048"]["ratio_to_baseline"] is None   # the 1K run has other tokens: not paired
+    assert configs["control 1024"]["baseline"] is None
     table = (tmp_path / "out/table.md").read_text()
     assert "| staged 4096 (copy) | 1 | 268M | 28.40 | 30.10 |" in table
-    assert "| control 1024 | 268M | 1 | 29.60 | 29.60 | 1.000 |" in table
+    assert "| control 1024 | 268M | 1 | 29.60 | 29.60 |  |  |" in table
+    assert "| scratch 4096 | 268M | 1 | 33.00 | 33.00 | scratch 1024 | 1.100 |" in table
     from benchmarks.reproduce import table4_protocols
     section = table4_protocols(tmp_path / "out")  # the report's Table 4, from summary.json alone
     assert "| staged 4096 (copy) | 1 | 268M | 28.40 |" in section and "![Table 4](table4/table4.png)" in section
-    assert "- staged 4096 (copy): val ppl 28.40, 28.60 (seeds 1, 2)" not in section  # seed 2 has no control: no ratio
+    assert "- staged 4096 (copy): val ppl 28.40, 28.60; not paired yet" in section  # seed 2 has no control
+    assert "- scratch 4096: val ppl 33.00 (seeds 1), 1.100x scratch 1024 of the same seed and tokens" in section
     assert (tmp_path / "out/table4.png").stat().st_size > 0
