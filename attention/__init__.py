@@ -27,7 +27,7 @@ copy of dQKV per layer).
 import functools
 import importlib
 
-from attention.masks import BlockMask, block_mask, document_bounds  # noqa: F401 (the package's API)
+from attention.masks import BlockMask, block_mask, document_bounds, padding_documents  # noqa: F401 (the package's API)
 
 # name -> (module, function); imported lazily so that `naive` and `sdpa` need no Triton.
 BACKENDS = {

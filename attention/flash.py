@@ -132,15 +132,15 @@ def _schedule(N, B: tl.constexpr, LAST_FIRST: tl.constexpr, HEADS_OUTER: tl.cons
 
 
 @triton.jit
-def _key_range(i, N_Q, N_K, window, DocRow, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr,
-               MASK_EDGE: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr):
+def _key_range(i, N_Q, N_K, window, DocRow, DocEndRow, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+               DOC: tl.constexpr, MASK_EDGE: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr):
     """Key columns [start, end) that Q block i visits, in three parts: [full_start,
     unmasked_end) are visible to all its rows (no mask); [start, full_start) hold the far edge
-    of the window or of the rows' documents, and [unmasked_end, end) the causal diagonal or the
-    ragged end of K (masked). Each row sees a key interval whose ends never decrease from one
+    of the window or of the rows' documents, and [unmasked_end, end) the causal diagonal, the
+    rows' document ends (non-causal) or the ragged end of K (masked). Each row sees a key interval whose ends never decrease from one
     row to the next, so the block's first and last rows bound it. Without a window or documents
     start = full_start = 0. MASK_EDGE=False when zero-loaded K/V rows past N_K are harmless (the
-    dQ pass). DocRow: this batch row's document starts, by key position."""
+    dQ pass). DocRow, DocEndRow: this batch row's document starts and ends, by key position."""
     shift = N_K - N_Q
     if CAUSAL:
         end = tl.minimum(tl.maximum((i + 1) * B_r + shift, 0), N_K)
@@ -162,6 +162,9 @@ def _key_range(i, N_Q, N_K, window, DocRow, CAUSAL: tl.constexpr, WINDOW: tl.con
         if DOC:  # ... and none before its document's first token
             lo_first = tl.maximum(lo_first, tl.load(DocRow + tl.maximum(first, 0)))
             lo_last = tl.maximum(lo_last, tl.load(DocRow + tl.maximum(last, 0)))
+            if not CAUSAL:  # ... nor past its last (causal rows stop at themselves, inside it)
+                end = tl.minimum(tl.load(DocEndRow + last), end)
+                unmasked_end = tl.minimum(tl.load(DocEndRow + first) // B_c * B_c, unmasked_end)
         start = tl.maximum(lo_first, 0) // B_c * B_c
         full_start = tl.minimum(tl.cdiv(tl.maximum(lo_last, 0), B_c) * B_c, unmasked_end)
     else:
@@ -171,14 +174,18 @@ def _key_range(i, N_Q, N_K, window, DocRow, CAUSAL: tl.constexpr, WINDOW: tl.con
 
 
 @triton.jit
-def _doc_starts(DocRow, rows, N_Q, shift, DOC: tl.constexpr):
-    """The first key each query row may see under document masking (its document's first
-    token); the rows themselves, unused, without it."""
+def _doc_bounds(DocRow, DocEndRow, rows, N_Q, shift, CAUSAL: tl.constexpr, DOC: tl.constexpr):
+    """The keys [lo, hi) each query row may see under document masking (its document's
+    tokens; hi only without causal, whose rows stop at themselves); the rows themselves,
+    unused, where not needed."""
+    lo = rows
+    hi = rows
     if DOC:
-        lo = tl.load(DocRow + tl.maximum(tl.minimum(rows, N_Q - 1) + shift, 0))
-    else:
-        lo = rows
-    return lo
+        pos = tl.maximum(tl.minimum(rows, N_Q - 1) + shift, 0)
+        lo = tl.load(DocRow + pos)
+        if not CAUSAL:
+            hi = tl.load(DocEndRow + pos)
+    return lo, hi
 
 
 @triton.jit
@@ -195,7 +202,7 @@ def _visible(rows, cols, shift, window, CAUSAL: tl.constexpr, WINDOW: tl.constex
 # --------------------------------------------------------------------------------------------
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn, start, end,
-               offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
+               offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo, doc_hi,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr,
                DROPOUT: tl.constexpr, B_c: tl.constexpr, TMA: tl.constexpr):
     """Streams K/V blocks [start, end) through the online softmax of one Q block. With TMA,
@@ -219,6 +226,8 @@ def _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn, start, 
                 valid = valid & _visible(offs_m[:, None], cols[None, :], shift, window, CAUSAL, WINDOW)
             if DOC:
                 valid = valid & (cols[None, :] >= doc_lo[:, None])
+                if not CAUSAL:
+                    valid = valid & (cols[None, :] < doc_hi[:, None])
             s = tl.where(valid, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that see no key yet stay at -inf
@@ -236,7 +245,7 @@ def _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn, start, 
 
 
 @triton.jit
-def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr, DocStart, Blocks,
+def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr, DocStart, DocEnd, Blocks,
                       stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
                       stride_vb, stride_vn, stride_vh, stride_ob, stride_on, stride_oh, stride_blh, stride_blr,
                       H, BH_BUCKET, NQ_BUCKET, NK_BUCKET, N_Q, N_K, qk_scale, dropout_p, window, n_blocks,
@@ -269,32 +278,33 @@ def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr, DocStart, Blocks,
 
     shift = N_K - N_Q
     DocRow = DocStart + b * N_K
-    doc_lo = _doc_starts(DocRow, offs_m, N_Q, shift, DOC)
+    DocEndRow = DocEnd + b * N_K
+    doc_lo, doc_hi = _doc_bounds(DocRow, DocEndRow, offs_m, N_Q, shift, CAUSAL, DOC)
     if SPARSE:  # the block mask's lists for this Q block's row of G x G blocks: full ones, then partial ones
         row = Blocks + h * stride_blh + (i * B_r // G) * stride_blr
         for t in range(0, tl.load(row)):
             c = tl.load(row + 2 + t) * G
             acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
                                        c, c + G, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
-                                       qk_scale, dropout_p, window, doc_lo, False, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
+                                       qk_scale, dropout_p, window, doc_lo, doc_hi, False, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
         for t in range(0, tl.load(row + 1)):
             c = tl.load(row + 2 + n_blocks + t) * G
             acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
                                        c, tl.minimum(c + G, N_K), offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
-                                       qk_scale, dropout_p, window, doc_lo, True, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
+                                       qk_scale, dropout_p, window, doc_lo, doc_hi, True, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
     else:
-        start, full_start, unmasked_end, end = _key_range(i, N_Q, N_K, window, DocRow, CAUSAL, WINDOW, DOC, True,
+        start, full_start, unmasked_end, end = _key_range(i, N_Q, N_K, window, DocRow, DocEndRow, CAUSAL, WINDOW, DOC, True,
                                                           B_r, B_c)
         if WINDOW or DOC:
             acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
                                        start, full_start, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
-                                       qk_scale, dropout_p, window, doc_lo, True, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
+                                       qk_scale, dropout_p, window, doc_lo, doc_hi, True, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
                                    full_start, unmasked_end, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
-                                   qk_scale, dropout_p, window, doc_lo, False, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
+                                   qk_scale, dropout_p, window, doc_lo, doc_hi, False, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
                                    unmasked_end, end, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
-                                   qk_scale, dropout_p, window, doc_lo, True, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
+                                   qk_scale, dropout_p, window, doc_lo, doc_hi, True, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
 
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
@@ -324,8 +334,8 @@ def _row_delta(o, do, dLSE_row, offs_m, row_ok, HAS_DLSE: tl.constexpr):
 @triton.jit
 def _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE_row, Delta_row, stride_qn, stride_don,
                     start, end, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window,
-                    doc_hi, MASKED: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr, DROPOUT: tl.constexpr,
-                    B_r: tl.constexpr):
+                    doc_lo, doc_hi, MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+                    DOC: tl.constexpr, DROPOUT: tl.constexpr, B_r: tl.constexpr):
     """Accumulates dK_j, dV_j over query blocks [start, end), in the transposed frame (S^T)."""
     for start_m in range(start, end, B_r):
         rows = start_m + offs_m0
@@ -338,7 +348,12 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE_row, Delta_row, stride_
         sT = tl.dot(k, qT) * qk_scale
         pT = tl.math.exp2(sT - lse[None, :] * 1.4426950408889634)
         if MASKED:  # causal diagonal blocks, the window's or the documents' edge
-            visible = _visible(rows[None, :], offs_n[:, None], shift, window, True, WINDOW)
+            if CAUSAL:
+                visible = _visible(rows[None, :], offs_n[:, None], shift, window, True, WINDOW)
+            else:
+                visible = rows[None, :] < N_Q
+                if DOC:
+                    visible = visible & (rows[None, :] + shift >= doc_lo[:, None])
             if DOC:  # the row is inside the key's document
                 visible = visible & (rows[None, :] + shift < doc_hi[:, None])
             pT = tl.where(visible, pT, 0.0)
@@ -356,7 +371,7 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE_row, Delta_row, stride_
 
 
 @triton.jit
-def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr, DocEnd, Blocks,
+def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr, DocStart, DocEnd, Blocks,
                            stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
                            stride_vb, stride_vn, stride_vh, stride_dob, stride_don, stride_doh,
                            stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
@@ -395,10 +410,16 @@ def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr, DocEnd, Bl
     full_end = N_Q
     end = N_Q
     DocRow = DocEnd + b * N_K
-    if DOC:  # one past the last position of each key's document
+    DocStartRow = DocStart + b * N_K
+    doc_lo = offs_n
+    doc_hi = offs_n
+    if DOC:  # one past the last position of each key's document (and, without causal, its first)
         doc_hi = tl.load(DocRow + tl.minimum(offs_n, N_K - 1))
-    else:
-        doc_hi = offs_n
+        if not CAUSAL:  # rows before the first key's document see none of the block; from the last key's, all
+            doc_lo = tl.load(DocStartRow + tl.minimum(offs_n, N_K - 1))
+            start = tl.maximum(tl.load(DocStartRow + j * B_c) - shift, 0) // B_r * B_r
+            s_last = tl.load(DocStartRow + tl.minimum(j * B_c + B_c, N_K) - 1)
+            mid = tl.minimum(tl.maximum(tl.cdiv(tl.maximum(s_last - shift, 0), B_r) * B_r, start), rows_end)
     if WINDOW or DOC:
         # ... and the rows at key positions below lim(c) see key c: lim(c) = c + window, or the
         # end of c's document, whichever comes first. Rows below lim(first key) see all of the
@@ -421,23 +442,23 @@ def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr, DocEnd, Bl
             r = tl.load(col + 2 + t) * G
             dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
                                      stride_qn, stride_don, r, r + G, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
-                                     shift, qk_scale, dropout_p, window, doc_hi, False, WINDOW, DOC, DROPOUT, B_r)
+                                     shift, qk_scale, dropout_p, window, doc_lo, doc_hi, False, CAUSAL, WINDOW, DOC, DROPOUT, B_r)
         for t in range(0, tl.load(col + 1)):
             r = tl.load(col + 2 + n_blocks + t) * G
             dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
                                      stride_qn, stride_don, r, r + G, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
-                                     shift, qk_scale, dropout_p, window, doc_hi, True, WINDOW, DOC, DROPOUT, B_r)
+                                     shift, qk_scale, dropout_p, window, doc_lo, doc_hi, True, CAUSAL, WINDOW, DOC, DROPOUT, B_r)
     else:
         dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
                                  stride_qn, stride_don, start, mid, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
-                                 shift, qk_scale, dropout_p, window, doc_hi, True, WINDOW, DOC, DROPOUT, B_r)
+                                 shift, qk_scale, dropout_p, window, doc_lo, doc_hi, True, CAUSAL, WINDOW, DOC, DROPOUT, B_r)
         dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
                                  stride_qn, stride_don, mid, full_end, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
-                                 shift, qk_scale, dropout_p, window, doc_hi, False, WINDOW, DOC, DROPOUT, B_r)
+                                 shift, qk_scale, dropout_p, window, doc_lo, doc_hi, False, CAUSAL, WINDOW, DOC, DROPOUT, B_r)
         if WINDOW or DOC:
             dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
                                      stride_qn, stride_don, full_end, end, offs_m0, offs_n, offs_d, seed, bh, N_Q,
-                                     N_K, shift, qk_scale, dropout_p, window, doc_hi, True, WINDOW, DOC, DROPOUT, B_r)
+                                     N_K, shift, qk_scale, dropout_p, window, doc_lo, doc_hi, True, CAUSAL, WINDOW, DOC, DROPOUT, B_r)
     tl.store(dK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :],
              (dk * sm_scale).to(dK.dtype.element_ty), mask=col_ok)
     tl.store(dV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :],
@@ -446,9 +467,9 @@ def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr, DocEnd, Bl
 
 @triton.jit
 def _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, start, end,
-                  offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
-                  MASKED: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr, DROPOUT: tl.constexpr,
-                  B_c: tl.constexpr):
+                  offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo, doc_hi,
+                  MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr,
+                  DROPOUT: tl.constexpr, B_c: tl.constexpr):
     """Accumulates dQ_i over key blocks [start, end). Keys past N_K load as zero rows of K and
     V, which makes their dS K contribution exactly zero: only the causal mask is needed."""
     for start_n in range(start, end, B_c):
@@ -459,9 +480,12 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn
         s = tl.dot(q, kT) * qk_scale
         p = tl.math.exp2(s - lse2[:, None])
         if MASKED:
-            visible = _visible(offs_m[:, None], cols[None, :], shift, window, True, WINDOW)
-            if DOC:
-                visible = visible & (cols[None, :] >= doc_lo[:, None])
+            if CAUSAL:
+                visible = _visible(offs_m[:, None], cols[None, :], shift, window, True, WINDOW)
+                if DOC:
+                    visible = visible & (cols[None, :] >= doc_lo[:, None])
+            else:  # without causal only documents mask (their edge blocks)
+                visible = (cols[None, :] >= doc_lo[:, None]) & (cols[None, :] < doc_hi[:, None])
             p = tl.where(visible, p, 0.0)
         dp = tl.dot(do, vT).to(tl.float32)
         if DROPOUT:
@@ -473,7 +497,7 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn
 
 
 @triton.jit
-def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr, O, dLSE, DocStart, Blocks,
+def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr, O, dLSE, DocStart, DocEnd, Blocks,
                          stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
                          stride_vb, stride_vn, stride_vh, stride_dob, stride_don, stride_doh,
                          stride_dqb, stride_dqn, stride_dqh, stride_ob, stride_on, stride_oh, stride_blh, stride_blr,
@@ -505,32 +529,33 @@ def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr, O, dLSE, DocStar
 
     shift = N_K - N_Q
     DocRow = DocStart + b * N_K
-    doc_lo = _doc_starts(DocRow, offs_m, N_Q, shift, DOC)
+    DocEndRow = DocEnd + b * N_K
+    doc_lo, doc_hi = _doc_bounds(DocRow, DocEndRow, offs_m, N_Q, shift, CAUSAL, DOC)
     if SPARSE:  # as in the forward
         row = Blocks + h * stride_blh + (i * B_r // G) * stride_blr
         for t in range(0, tl.load(row)):
             c = tl.load(row + 2 + t) * G
             dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, c, c + G,
                                offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
-                               False, WINDOW, DOC, DROPOUT, B_c)
+                               doc_hi, False, CAUSAL, WINDOW, DOC, DROPOUT, B_c)
         for t in range(0, tl.load(row + 1)):
             c = tl.load(row + 2 + n_blocks + t) * G
             dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, c, tl.minimum(c + G, N_K),
                                offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
-                               CAUSAL, WINDOW, DOC, DROPOUT, B_c)  # zero-loaded K rows need no mask: only the diagonal does
+                               doc_hi, CAUSAL, CAUSAL, WINDOW, DOC, DROPOUT, B_c)  # zero-loaded K rows need no mask: only the diagonal does
     else:
-        start, full_start, unmasked_end, end = _key_range(i, N_Q, N_K, window, DocRow, CAUSAL, WINDOW, DOC, False,
+        start, full_start, unmasked_end, end = _key_range(i, N_Q, N_K, window, DocRow, DocEndRow, CAUSAL, WINDOW, DOC, False,
                                                           B_r, B_c)
         if WINDOW or DOC:
             dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, start, full_start,
                                offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
-                               True, WINDOW, DOC, DROPOUT, B_c)
+                               doc_hi, True, CAUSAL, WINDOW, DOC, DROPOUT, B_c)
         dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, full_start, unmasked_end,
                            offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
-                           False, WINDOW, DOC, DROPOUT, B_c)
+                           doc_hi, False, CAUSAL, WINDOW, DOC, DROPOUT, B_c)
         dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, unmasked_end, end,
                            offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
-                           True, WINDOW, DOC, DROPOUT, B_c)
+                           doc_hi, True, CAUSAL, WINDOW, DOC, DROPOUT, B_c)
     tl.store(dQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqn + offs_d[None, :],
              (dq * sm_scale).to(dQ.dtype.element_ty), mask=row_ok[:, None])
 
@@ -773,14 +798,14 @@ def _launch(name, D, n, tile, batch_heads, args, constexprs, signature):
         _COMPILED[key] = (compiled, tail, chosen[tile], chosen.get("TMA", False))
 
 
-def _mask_args(seed, doc, blocks, n_heads):
-    """The kernels' mask arguments: a document-bounds tensor, a block-list tensor and its
-    (head, row) strides (head stride 0 for a layout shared by the heads), the list length; the
-    seed (a real pointer) and zeros where there is none."""
+def _mask_args(seed, doc_start, doc_end, blocks, n_heads):
+    """The kernels' mask arguments: the document bounds, a block-list tensor and its (head, row)
+    strides (head stride 0 for a layout shared by the heads), the list length; the seed (a real
+    pointer) and zeros where there is none."""
+    docs = (seed, seed) if doc_start is None else (doc_start, doc_end)
     if blocks is None:
-        return doc if doc is not None else seed, seed, 0, 0, 0
-    return (doc if doc is not None else seed, blocks, blocks.stride(0) if blocks.shape[0] == n_heads > 1 else 0,
-            blocks.stride(1), (blocks.shape[2] - 2) // 2)
+        return *docs, seed, 0, 0, 0
+    return *docs, blocks, blocks.stride(0) if blocks.shape[0] == n_heads > 1 else 0, blocks.stride(1), (blocks.shape[2] - 2) // 2
 
 
 def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, window, doc_start, doc_end, blocks_kv, blocks_q, block):
@@ -790,14 +815,14 @@ def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, window, doc_start, doc_
     N_k = k.shape[1]
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, N_q, device=q.device, dtype=torch.float32)
-    doc, lists, stride_blh, stride_blr, n_blocks = _mask_args(seed, doc_start, blocks_kv, H)
+    *docs, lists, stride_blh, stride_blr, n_blocks = _mask_args(seed, doc_start, doc_end, blocks_kv, H)
     _launch("fwd", D, N_q, "B_r", B * H,
-            (q, k, v, o, lse, seed, doc, lists,
+            (q, k, v, o, lse, seed, *docs, lists,
              *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], stride_blh, stride_blr,
              H, bucket(B * H), bucket(N_q), bucket(N_k), N_q, N_k, scale * LOG2E, dropout_p, window, n_blocks),
             dict(CAUSAL=causal, WINDOW=window > 0, DOC=doc_start is not None, SPARSE=blocks_kv is not None,
                  DROPOUT=dropout_p > 0, D=D, G=block),
-            _signature(q, k, v, seed, *(t for t in (doc_start, blocks_kv) if t is not None)))
+            _signature(q, k, v, seed, *(t for t in (doc_start, doc_end, blocks_kv) if t is not None)))
     return o, lse
 
 
@@ -817,14 +842,14 @@ def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, windo
     signature = _signature(q, k, v, do, seed, *(() if dlse is None else (dlse,)), dq, dk, dv,
                            *(t for t in (doc_start, doc_end, blocks_kv, blocks_q) if t is not None))
     # dQ first: its prologue writes D, which the dK/dV kernel reads. (Unused pointers are real ones.)
-    doc, lists, stride_blh, stride_blr, n_blocks = _mask_args(seed, doc_start, blocks_kv, H)
+    *docs, lists, stride_blh, stride_blr, n_blocks = _mask_args(seed, doc_start, doc_end, blocks_kv, H)
     _launch("dq", D, N_q, "B_r", B * H,
-            (*args, dq, lse, delta, seed, o, lse if dlse is None else dlse, doc, lists,
+            (*args, dq, lse, delta, seed, o, lse if dlse is None else dlse, *docs, lists,
              *strides, *dq.stride()[:3], *o.stride()[:3], stride_blh, stride_blr, *scalars, n_blocks),
             dict(**common, HAS_DLSE=dlse is not None, D=D, G=block), signature)
-    doc, lists, stride_blh, stride_blr, n_blocks = _mask_args(seed, doc_end, blocks_q, H)
+    *docs, lists, stride_blh, stride_blr, n_blocks = _mask_args(seed, doc_start, doc_end, blocks_q, H)
     _launch("dkdv", D, N_k, "B_c", B * H,
-            (*args, dk, dv, lse, delta, seed, doc, lists,
+            (*args, dk, dv, lse, delta, seed, *docs, lists,
              *strides, *dk.stride()[:3], *dv.stride()[:3], stride_blh, stride_blr, *scalars, n_blocks),
             dict(**common, D=D, G=block), signature)
 
@@ -958,16 +983,17 @@ def _window(window, causal):
     return window
 
 
-def _documents(documents, causal, n_k):
+def _documents(documents, n_q, n_k):
     """(doc_start, doc_end) as the kernels take them: int32 (B, N_k), contiguous; or one clear error."""
     if documents is None:
         return None, None
-    if not causal:
-        raise ValueError("flash: document masking is causal within each document: pass causal=True")
     start, end = documents
     if start.shape != end.shape or start.dim() != 2 or start.shape[1] != n_k:
         raise ValueError(f"flash: documents must be (start, end) of shape (batch, N_k={n_k}), from "
                          f"attention.document_bounds(doc_ids); got {tuple(start.shape)} and {tuple(end.shape)}")
+    if n_q > n_k:
+        raise ValueError(f"flash: with documents the queries are the last N_q of the N_k key positions; "
+                         f"got N_q={n_q} > N_k={n_k}")
     return start.to(torch.int32).contiguous(), end.to(torch.int32).contiguous()
 
 
@@ -992,8 +1018,9 @@ def _blocks(block_mask, tensors, causal, window, documents):
 
 
 def _attention(tensors, causal, dropout_p, scale, seed, return_lse, window, documents, block_mask):
-    n_k = _qkv(tensors)[1].shape[1] if documents is not None else None  # no extra views on the plain path
-    args = (seed, bool(causal), float(dropout_p), scale, _window(window, causal), *_documents(documents, causal, n_k),
+    # N_q, N_k only for documents: no extra views of the inputs on the plain path
+    n_q, n_k = (t.shape[1] for t in _qkv(tensors)[:2]) if documents is not None else (None, None)
+    args = (seed, bool(causal), float(dropout_p), scale, _window(window, causal), *_documents(documents, n_q, n_k),
             *_blocks(block_mask, tensors, causal, window, documents))
     o, lse = flash2_fwd(tensors, *args) if torch.compiler.is_compiling() else _Flash2.apply(*args, *tensors)
     return (o, lse) if return_lse else o
@@ -1006,9 +1033,10 @@ def flash_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, return_lse
     return_lse (differentiable too). `seed` (an int64 tensor of one element) fixes the dropout
     mask; by default a fresh one is drawn from torch's generator. `window` (with causal): each
     query sees only its last `window` keys, itself included (sliding-window attention).
-    `documents` (with causal): (start, end) of each key position's document, (B, N_k), from
-    attention.document_bounds(doc_ids): a query sees only the keys of its own document (packed
-    sequences, key padding). Blocks wholly outside every row's window or document are skipped.
+    `documents`: (start, end) of each key position's document, (B, N_k), from
+    attention.document_bounds(doc_ids): a query sees only the keys of its own document, causally
+    or (without causal) all of them: packed sequences; key padding (the padding one document of
+    its own, attention.masks.padding_documents). Blocks wholly outside every row's window or document are skipped.
     `block_mask` (attention.masks.block_mask): block-sparse attention, only its tiles computed."""
     q, k, v, scale, seed = prepare_inputs(q, k, v, scale, seed, dropout_p, "flash", SUPPORTED_HEAD_DIMS)
     return _attention([q, k, v], causal, dropout_p, scale, seed, return_lse, window, documents, block_mask)

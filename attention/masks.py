@@ -1,7 +1,9 @@
 """Masks the attention backends take beside causal: documents and block-sparse layouts.
 
 - Documents (packed sequences, key padding): `document_bounds(doc_ids)` gives each position's
-  document as (start, end); a query sees only keys of its own document, causally.
+  document as (start, end); a query sees only keys of its own document, causally or (without
+  causal) all of them. `padding_documents(lengths, n)`: key padding as two documents a row,
+  the real tokens and the padding, so no real token sees a padded one (BERT's padding mask).
 - Block-sparse (the FlashAttention paper's Section 3.3): `block_mask(layout, block, n_q, n_k)`
   turns a layout of kept block x block tiles into the per-row lists of block indices the kernels
   walk, as FlexAttention's BlockMask does: full blocks (no element is masked) apart from partial
@@ -28,6 +30,17 @@ def document_bounds(doc_ids):
     start = torch.where(first, pos, 0).cummax(1).values
     end = torch.where(last, pos + 1, N).flip(1).cummin(1).values.flip(1)
     return start.to(torch.int32).contiguous(), end.to(torch.int32).contiguous()
+
+
+def padding_documents(lengths, n):
+    """Key padding as document bounds: row b holds lengths[b] real tokens, then padding to n.
+    Real tokens see only real ones; padded queries see only padding (their outputs are
+    meaningless and finite, as with any padding mask)."""
+    lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or (lengths < 1).any() or (lengths > n).any():
+        raise ValueError(f"padding: lengths must be a 1-d tensor of lengths in 1..{n}; got {lengths.tolist()}")
+    pos = torch.arange(n, device=lengths.device)
+    return document_bounds((pos[None, :] >= lengths[:, None]).to(torch.int32))
 
 
 @dataclass(frozen=True, eq=False)

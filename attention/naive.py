@@ -30,9 +30,10 @@ def mask(n_q, n_k, device, window=None, documents=None, block_mask=None, causal=
     keys of the query's own document, with a block mask (attention.masks) only its tiles:
     (N_q, N_k), or broadcastable to (B, H, N_q, N_k)."""
     visible = causal_mask(n_q, n_k, device, window) if causal else torch.ones(n_q, n_k, dtype=torch.bool, device=device)
-    if documents is not None:
-        start = documents[0][:, n_k - n_q:]  # each query's document start (queries are the last n_q positions)
-        visible = visible & (torch.arange(n_k, device=device)[None, None, :] >= start[:, :, None])[:, None]
+    if documents is not None:  # each query's document (queries are the last n_q positions)
+        start, end = (d[:, n_k - n_q:, None] for d in documents)
+        j = torch.arange(n_k, device=device)[None, None, :]
+        visible = visible & ((j >= start) & (j < end))[:, None]  # causal rows stop inside their document anyway
     if block_mask is not None:
         visible = visible & block_mask.dense().to(device)[None]
     return visible
@@ -42,9 +43,9 @@ def _softmax(s, q, k, causal, window=None, documents=None, block_mask=None):
     """softmax of scores s (B, H, N_q, N_k) in fp32 (fp64 for fp64 scores), masked causally
     (and to a window, documents, a block mask); rows that see no key are 0."""
     s = s.to(torch.promote_types(s.dtype, torch.float32))
-    if not causal and (window is not None or documents is not None):
-        raise ValueError("naive: sliding windows and document masks are causal: pass causal=True")
-    if causal or block_mask is not None:
+    if not causal and window is not None:
+        raise ValueError("naive: a sliding window is causal: pass causal=True")
+    if causal or documents is not None or block_mask is not None:
         s = s.masked_fill(~mask(q.shape[1], k.shape[1], q.device, window, documents, block_mask, causal), float("-inf"))
     p = torch.softmax(s, dim=-1)
     return p.nan_to_num(0.0) if (causal and q.shape[1] > k.shape[1]) or block_mask is not None else p

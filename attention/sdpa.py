@@ -19,18 +19,18 @@ def sdpa_attention(q, k, v, causal=False, dropout_p=0.0, scale=None, kernel=None
     """q: (B, N_q, H, d), k, v: (B, N_k, H, d). SDPA wants (B, H, N, d): the transposes are
     views, and the output comes back in (B, N, H, d) memory order, so no copy is made.
     kernel: None (torch chooses) or one of KERNELS. window (with causal): each query sees its
-    last `window` keys; documents: only the keys of its document (attention.document_bounds);
-    both through a boolean mask (SDPA has neither of its own)."""
+    last `window` keys; documents: only the keys of its document (attention.document_bounds),
+    causally or not; both through a boolean mask (SDPA has neither of its own)."""
     check_qkv(q, k, v, "sdpa")
     if kernel is not None and kernel not in KERNELS:
         raise ValueError(f"sdpa: unknown kernel {kernel!r}; available: {', '.join(KERNELS)}")
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     mask = None
     if window is not None or documents is not None:
-        if not causal:
-            raise ValueError("sdpa: sliding windows and document masks are causal: pass causal=True")
+        if window is not None and not causal:
+            raise ValueError("sdpa: a sliding window is causal: pass causal=True")
         from attention.naive import mask as visible
-        mask, causal = visible(q.shape[2], k.shape[2], q.device, window, documents), False
+        mask, causal = visible(q.shape[2], k.shape[2], q.device, window, documents, causal=causal), False
     elif causal and q.shape[2] != k.shape[2]:
         mask, causal = causal_lower_right(q.shape[2], k.shape[2]), False  # same convention as ours
     if kernel is None:

@@ -8,6 +8,14 @@ window; its spread (max / min - 1) is recorded, and a point whose timings disagr
 than 5% is timed up to twice more, then marked unstable (* in the table). Memory is the peak
 allocated during one fwd+bwd above what the inputs already hold.
 
+The paper's Figure 3 setting: `--causal 0 --dropout 0.1 --padding`, a padding mask of each
+row's real length drawn from [N - 20, N) (as flash-attention's own benchmark script draws it),
+given to every provider as documents (attention.padding_documents: SDPA and naive take it as a
+boolean mask; providers that take no mask or no dropout report an error and are skipped).
+`flash-butterfly`: block-sparse FlashAttention (Section 3.3) on the butterfly layout of 128 x
+128 tiles (its density recorded); a block mask does not combine with the padding mask, so it
+runs without it. FLOPs count the dense N x N in every case.
+
     python -m benchmarks.bench_attention --out benchmarks/results/h200/attention
 """
 
@@ -20,6 +28,7 @@ import torch
 import triton
 
 from attention import get_attention
+from attention.masks import block_mask, butterfly, padding_documents
 from benchmarks import harness
 
 MODES = ("fwd", "bwd", "fwd+bwd")
@@ -43,9 +52,38 @@ def flex_attention_fn():
     return fn
 
 
+BUTTERFLY_BLOCK = 128
+
+
+def butterfly_layout(n, causal, device):
+    nb = -(-n // BUTTERFLY_BLOCK)
+    return block_mask(butterfly(nb).to(device), BUTTERFLY_BLOCK, n, n, causal)
+
+
+def flash_butterfly_fn():
+    flash, masks = get_attention("flash"), {}
+
+    def fn(q, k, v, causal=False, dropout_p=0.0, scale=None, documents=None):
+        key = (q.shape[1], causal)
+        if key not in masks:
+            masks[key] = butterfly_layout(q.shape[1], causal, q.device)
+        return flash(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale, block_mask=masks[key])
+    return fn
+
+
+def padding_kwargs(padding, batch, n, device, seed=0):
+    """The keyword arguments of a padding mask (documents), or none."""
+    if not padding:
+        return {}
+    lengths = torch.randint(max(1, n - 20), n, (batch,), generator=torch.Generator().manual_seed(seed))
+    return {"documents": tuple(t.to(device) for t in padding_documents(lengths, n))}
+
+
 def providers(names):
     table = {
         "flash": lambda: get_attention("flash"),
+        "flash-butterfly": flash_butterfly_fn,
+        "sdpa-efficient": lambda: get_attention("sdpa", kernel="efficient"),
         "flash1": lambda: get_attention("flash1"),
         "sdpa-flash": lambda: get_attention("sdpa", kernel="flash"),
         "sdpa-cudnn": lambda: get_attention("sdpa", kernel="cudnn"),
@@ -73,11 +111,12 @@ def repeated(time_once, repeats=3, extra=2):
     return statistics.median(times), max(times) / min(times) - 1, times
 
 
-def measure(fn, batch, heads, n, d, causal, dtype=torch.bfloat16, repeats=3):
+def measure(fn, batch, heads, n, d, causal, dtype=torch.bfloat16, repeats=3, dropout_p=0.0, padding=False):
     """({mode: median ms}, peak extra memory in bytes, {mode: spread of the repeats})."""
     q, k, v = (torch.randn(batch, n, heads, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
     do = torch.randn(batch, n, heads, d, device="cuda", dtype=dtype)
-    fwd = lambda: fn(q, k, v, causal=causal)  # noqa: E731
+    kw = dict(causal=causal, **({"dropout_p": dropout_p} if dropout_p else {}), **padding_kwargs(padding, batch, n, "cuda"))
+    fwd = lambda: fn(q, k, v, **kw)  # noqa: E731
     o = fwd()
     o.backward(do, retain_graph=True)
     torch.cuda.synchronize()
@@ -122,11 +161,15 @@ def main():
     ap.add_argument("--flash1-max-n", type=int, default=4096, help="FA1's batch x heads parallelism is slow")
     ap.add_argument("--repeats", type=int, default=3, help="timings per point (each a do_bench median); "
                     "a point whose timings disagree by more than 5%% gets up to two more, then is marked")
+    ap.add_argument("--dropout", type=float, default=0.0, help="attention dropout (the paper's Figure 3: 0.1)")
+    ap.add_argument("--padding", action="store_true", help="a padding mask, real lengths in [N - 20, N) (non-causal)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
     fns = providers(args.providers.split(","))
-    meta = harness.metadata(tokens=args.tokens, dtype="bfloat16")
+    if args.padding and "1" in args.causal.split(","):
+        ap.error("--padding is the paper's (non-causal) padding mask: use it with --causal 0")
+    meta = harness.metadata(tokens=args.tokens, dtype="bfloat16", dropout=args.dropout, padding=args.padding)
     rows = []
 
     def save(markdown=None):  # after every row, so that a run cut short by a time limit keeps what it measured
@@ -139,19 +182,22 @@ def main():
                 continue
             t0 = time.time()
             try:
-                times, mem, spread = measure(fn, batch, heads, n, d, causal, repeats=args.repeats)
+                times, mem, spread = measure(fn, batch, heads, n, d, causal, repeats=args.repeats,
+                                             dropout_p=args.dropout, padding=args.padding)
             except Exception as e:  # a provider that rejects a shape is reported, not fatal
                 print(f"{name} d={d} causal={causal} N={n}: {type(e).__name__}: {str(e)[:200]}", flush=True)
-                if isinstance(e, torch.OutOfMemoryError):  # recorded: Figure 3 marks it
-                    rows.append(dict(provider=name, head_dim=d, heads=heads, causal=causal, seqlen=n,
-                                     batch=batch, error="OOM"))
-                    save()
+                error = "OOM" if isinstance(e, torch.OutOfMemoryError) else f"{type(e).__name__}: {str(e)[:160]}"
+                rows.append(dict(provider=name, head_dim=d, heads=heads, causal=causal, seqlen=n, batch=batch,
+                                 error=error))  # recorded: Figure 3 marks OOM, the report names the rest
+                save()
                 torch.cuda.empty_cache()
                 continue
             row = dict(provider=name, head_dim=d, heads=heads, causal=causal, seqlen=n, batch=batch,
                        peak_mem_mb=mem / 2**20, **{f"ms_{m}": times[m] for m in MODES},
                        **{f"spread_{m}": spread[m] for m in MODES}, unstable=max(spread.values()) > SPREAD,
                        **{f"tflops_{m}": flops(batch, heads, n, d, causal, m) / times[m] / 1e9 for m in MODES})
+            if name == "flash-butterfly":
+                row["density"] = butterfly_layout(n, causal, "cpu").density
             rows.append(row)
             save()
             print(f"{name:11s} d={d:3d} causal={int(causal)} N={n:5d} B={batch:2d} "

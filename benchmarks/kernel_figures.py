@@ -35,7 +35,7 @@ def providers(rows):
     return list(dict.fromkeys(r["provider"] for r in rows))
 
 
-def figure3(rows, path):
+def figure3(rows, path, meta=None):
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for prov in providers(rows):
@@ -46,9 +46,14 @@ def figure3(rows, path):
             for n in oom:
                 ax.axvline(n, color=line.get_color(), ls=":", lw=1)
                 ax.text(n, 0.95, "OOM", color=line.get_color(), fontsize=7, ha="center", transform=ax.get_xaxis_transform())
+    meta = meta or {}
+    r = ok(rows)[0]
+    setting = ", ".join([f"batch x length = {meta.get('tokens', '?')} tokens", f"{r['heads']} heads", f"d={r['head_dim']}",
+                         "causal" if r["causal"] else "non-causal"]
+                        + ([f"dropout {meta['dropout']}"] if meta.get("dropout") else [])
+                        + (["padding mask"] if meta.get("padding") else []))
     for ax, label in zip(axes, ("fwd+bwd time (ms)", "memory beyond the inputs (MB)")):
-        ax.set(xscale="log", yscale="log", xlabel="sequence length (batch x length = 65536 tokens, 12 heads, d=64, causal)",
-               ylabel=label)
+        ax.set(xscale="log", yscale="log", xlabel=f"sequence length ({setting})", ylabel=label)
         ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attention import document_bounds, get_attention
+from attention import block_mask, document_bounds, get_attention
+from attention.masks import butterfly
 from model.loss import cross_entropy
 
 
@@ -37,11 +38,16 @@ class GPTConfig:
     attention_options: dict = field(default_factory=dict)
     window: int | None = None    # sliding-window attention: each token sees its last `window` tokens
     documents: bool = False      # document masking: a token sees only its own document's tokens
+    block_sparse: str | None = None  # block-sparse attention on a layout of sparse_block tiles: butterfly
+    sparse_block: int = 128      # its tile size (a multiple of the kernel's tiles)
     eot: int = 50256             # the token that ends a document (<|endoftext|>, data/prepare.py)
 
     @property
     def padded_vocab(self):
         return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
+
+
+SPARSE_LAYOUTS = {"butterfly": butterfly}  # name -> (n tiles) -> an n x n boolean layout (attention/masks.py)
 
 
 class CausalSelfAttention(nn.Module):
@@ -54,6 +60,9 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.attn_dropout = cfg.attn_dropout
         self.masks = {} if cfg.window is None else {"window": cfg.window}  # passed only when set (flash1 takes none)
+        if cfg.block_sparse not in (None, *SPARSE_LAYOUTS):
+            raise ValueError(f"block_sparse={cfg.block_sparse!r}: the layouts are {', '.join(SPARSE_LAYOUTS)} (or None)")
+        self.block_sparse, self.sparse_block, self.layouts = cfg.block_sparse, cfg.sparse_block, {}
         self.attn = get_attention(cfg.attention, **cfg.attention_options)
         self.attn_packed = get_attention(cfg.attention, packed=True, **cfg.attention_options) if cfg.qkv_packed else None
 
@@ -62,6 +71,8 @@ class CausalSelfAttention(nn.Module):
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim)
         dropout_p = self.attn_dropout if self.training else 0.0
         masks = self.masks if documents is None else {**self.masks, "documents": documents}
+        if self.block_sparse:
+            masks = {**masks, "block_mask": self.block_mask(T, x.device, cache)}
         if cache is None and self.attn_packed is not None:  # the backward returns dQKV in this layout: no stacking copy
             y = self.attn_packed(qkv, causal=True, dropout_p=dropout_p, **masks)
         else:
@@ -70,6 +81,18 @@ class CausalSelfAttention(nn.Module):
                 k, v = cache.append(layer, k, v)
             y = self.attn(q, k, v, causal=True, dropout_p=dropout_p, **masks)
         return self.resid_dropout(self.c_proj(y.reshape(B, T, C)))
+
+
+    def block_mask(self, T, device, cache):
+        """The layout's BlockMask for T tokens (built once a length and device, shared by the heads)."""
+        if cache is not None:
+            raise ValueError("model.block_sparse: generation with a KV cache is not supported (its queries "
+                             "do not start on a tile of the layout); generate with model.block_sparse=null")
+        if (T, device) not in self.layouts:
+            n = -(-T // self.sparse_block)
+            layout = SPARSE_LAYOUTS[self.block_sparse](n)
+            self.layouts[T, device] = block_mask(layout.to(device), self.sparse_block, T, T, causal=True)
+        return self.layouts[T, device]
 
 
 class MLP(nn.Module):

@@ -71,5 +71,21 @@ def test_sdpa_window_equals_naive_window(n_q, n_k):
     o = get_attention("sdpa")(q, k, v, causal=True, window=5)
     torch.testing.assert_close(o, get_attention("naive")(q, k, v, causal=True, window=5), rtol=1e-9, atol=1e-9)
     assert not torch.allclose(o, get_attention("naive")(q, k, v, causal=True))
-    with pytest.raises(ValueError, match="sliding windows and document masks are causal"):
+    with pytest.raises(ValueError, match="a sliding window is causal"):
         get_attention("sdpa")(q, k, v, window=5)
+
+
+@pytest.mark.parametrize("backend", ["naive", "sdpa"])
+def test_padding_documents_are_a_key_padding_mask(backend):
+    """Key padding through documents, without causal: each real token attends to the real
+    tokens of its row only, as softmax over the unpadded keys alone gives."""
+    from attention import padding_documents
+    torch.manual_seed(0)
+    lengths = [9, 16, 1]
+    q, k, v = (torch.randn(3, 16, 2, 8, dtype=torch.float64) for _ in range(3))
+    o = get_attention(backend)(q, k, v, documents=padding_documents(torch.tensor(lengths), 16))
+    for b, n in enumerate(lengths):
+        alone = get_attention("naive")(q[b:b + 1, :n], k[b:b + 1, :n], v[b:b + 1, :n])
+        torch.testing.assert_close(o[b:b + 1, :n], alone, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="lengths must be a 1-d tensor of lengths in 1..16"):
+        padding_documents(torch.tensor([0, 3]), 16)

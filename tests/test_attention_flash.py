@@ -124,14 +124,18 @@ else:  # B_r = B_c = 16: documents inside one block, across blocks, of one token
                  ([[17, 23], [16, 16, 8]], (40, 40), 7, 0.0), ([[30, 10], [2, 38]], (23, 40), None, 0.17)]
 
 
+DOC_CASES = [(*case, True) for case in DOC_CASES] + [(docs, n, None, p, False) for docs, n, w, p in DOC_CASES if w is None]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("docs,lengths,window,p", DOC_CASES)
-def test_document_masking_matches_reference(dtype, docs, lengths, window, p):
-    """Documents packed into one sequence attend within themselves (causal), against the
-    masked reference: documents shorter than a block, of one token, across block boundaries,
-    with a sliding window on top; the queries the last N_q positions (a KV cache) too."""
+@pytest.mark.parametrize("docs,lengths,window,p,causal", DOC_CASES)
+def test_document_masking_matches_reference(dtype, docs, lengths, window, p, causal):
+    """Documents packed into one sequence attend within themselves, causally or (key padding,
+    packed encoders) to all their tokens, against the masked reference: documents shorter than a
+    block, of one token, across block boundaries, with a sliding window on top; the queries the
+    last N_q positions (a KV cache) too."""
     for name, (ours, naive, floor) in zip(["out", "dq", "dk", "dv"],
-                                          _errors("flash", dtype, 16 if not GPU else 64, True, *lengths, p,
+                                          _errors("flash", dtype, 16 if not GPU else 64, causal, *lengths, p,
                                                   window=window, docs=docs)):
         assert ours == ours, f"{name}: NaN"
         assert ours <= 2 * naive + floor, f"{name}: error {ours:.2e} > 2 x naive {naive:.2e} + {floor:.1e}"

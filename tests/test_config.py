@@ -61,15 +61,32 @@ def test_model_defaults_live_once_and_match_the_model():
 
 
 def test_a_checkpoint_from_before_the_mask_keys_resumes():
-    """model.window and model.documents are fixed on resume; a checkpoint written before they
-    existed holds neither, and means no window and no document masking."""
+    """model.window, model.documents and the block-sparse keys are fixed on resume; a checkpoint
+    written before they existed holds none, and means no window, document masking or layout."""
     from training.config import UserError, resume_changes
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config")
     saved = OmegaConf.to_container(cfg)
-    del saved["model"]["window"], saved["model"]["documents"]
+    for key in ("window", "documents", "block_sparse", "sparse_block"):
+        del saved["model"][key]
     assert resume_changes(saved, cfg) == []
     with initialize_config_dir(str(CONF), version_base="1.3"):
         masked = compose("config", ["model.documents=true"])
     with pytest.raises(UserError, match="model.documents is False in the checkpoint and True now"):
         resume_changes(saved, masked)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.block_sparse=butterfly", "attention=sdpa"], "model.block_sparse needs model.impl=ours and attention=flash"),
+    (["model.block_sparse=butterfly", "attention=flash", "model.window=256"], "does not combine with model.window"),
+    (["model.block_sparse=bands", "attention=flash"], "model.block_sparse="),
+    (["model.block_sparse=butterfly", "attention=flash", "model.sparse_block=0"], "model.sparse_block=0"),
+])
+def test_block_sparse_choices_are_checked(overrides, message):
+    from training.config import UserError, check
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides)
+    with pytest.raises(UserError, match=message):
+        check(cfg)
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        check(compose("config", ["model.block_sparse=butterfly", "attention=flash"]))

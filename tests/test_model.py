@@ -85,3 +85,28 @@ def test_packed_qkv_changes_nothing_learned():
     assert [m.transformer.h[0].attn.attn_packed is not None for m in models] == [True, False]
     for (name, p), q in zip(models[0].named_parameters(), models[1].parameters()):
         assert torch.equal(p.grad, q.grad), name
+
+
+@pytest.mark.parametrize("attention", ["naive", pytest.param("flash", marks=triton_device)])
+def test_block_sparse_model_attends_to_its_layouts_tiles(attention):
+    """model.block_sparse=butterfly: a context within one tile is dense attention (the same
+    logits); over four tiles the butterfly drops tiles (3, 0) and (2, 1), which changes the
+    logits of the rows they held and no row before them; a KV cache is refused in one error."""
+    from model.generation import generate
+    device, dtype, block = ("cuda", torch.float16, 128) if GPU else ("cpu", torch.float16 if attention == "flash"
+                                                                      else torch.float32, 16)
+    tiny = dict(n_layer=2, n_head=2, n_embd=32, context=4 * block, attention=attention)
+    torch.manual_seed(0)
+    dense = GPT(GPTConfig(**tiny)).to(device, dtype).eval()
+    sparse = GPT(GPTConfig(block_sparse="butterfly", sparse_block=block, **tiny)).to(device, dtype).eval()
+    sparse.load_state_dict(dense.state_dict())
+    idx = torch.randint(0, 50257, (1, 4 * block), device=device)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(idx[:, :block]), dense(idx[:, :block]), rtol=0, atol=0)
+        a, b = sparse(idx), dense(idx)
+        torch.testing.assert_close(a[:, :2 * block], b[:, :2 * block], rtol=0, atol=2e-2)  # rows 0-1: all kept
+        assert not torch.allclose(a[:, 2 * block:], b[:, 2 * block:], atol=2e-2)
+    with pytest.raises(ValueError, match="generation with a KV cache is not supported"):
+        generate(sparse, idx[:, :5], 2, temperature=0)
+    with pytest.raises(ValueError, match="block_sparse='bands': the layouts are butterfly"):
+        GPT(GPTConfig(block_sparse="bands", **tiny))

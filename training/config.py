@@ -20,6 +20,7 @@ CHOICES = {
     "model.cross_entropy": ("auto", "fused", "plain", "upcast", "liger"),
     "model.qkv_packed": (True, False),
     "model.documents": (True, False),
+    "model.block_sparse": (None, "butterfly"),
     "attention.name": tuple(BACKENDS),
     "train.device": ("auto", "cuda", "cpu"),
     "train.dtype": ("bfloat16", "float16", "float32"),
@@ -34,7 +35,7 @@ CHOICES = {
 }
 POSITIVE = ("context", "model.n_layer", "model.n_head", "model.n_embd", "model.vocab_multiple", "model.xent_chunk",
             "train.batch_tokens", "train.micro_batch_tokens", "train.max_steps", "train.log_every", "train.eval_every",
-            "train.ckpt_every", "train.keep_checkpoints")
+            "train.ckpt_every", "train.keep_checkpoints", "model.sparse_block")
 NON_NEGATIVE = ("train.lr", "train.min_lr", "train.warmup_steps", "train.weight_decay", "train.grad_clip",
                 "model.dropout", "model.attn_dropout", "train.ddp_bucket_mb")
 OPTIONAL_POSITIVE = ("train.steps_per_run", "train.eval_tokens", "data.max_docs", "model.window")
@@ -43,9 +44,9 @@ OPTIONAL_POSITIVE = ("train.steps_per_run", "train.eval_tokens", "data.max_docs"
 RESUME_KEYS = ("train.max_steps", "train.lr", "train.min_lr", "train.warmup_steps", "train.batch_tokens",
                "train.weight_decay", "train.betas", "train.grad_clip", "train.seed")
 FIXED_ON_RESUME = ("context", "model.n_layer", "model.n_head", "model.n_embd", "model.vocab_multiple", "model.impl",
-                   "model.window", "model.documents", "data.name")
+                   "model.window", "model.documents", "model.block_sparse", "model.sparse_block", "data.name")
 # what a key means in a checkpoint written before the key existed
-ABSENT_MEANS = {"model.window": None, "model.documents": False}
+ABSENT_MEANS = {"model.window": None, "model.documents": False, "model.block_sparse": None, "model.sparse_block": 128}
 
 
 def _get(cfg, key):
@@ -103,6 +104,13 @@ def check(cfg):
         if _get(cfg, key) not in (None, False) and (cfg.model.impl != "ours" or cfg.attention.name == "flash1"):
             raise UserError(f"{key} ({what}) needs model.impl=ours and attention=naive | sdpa | flash; "
                             f"this run has model.impl={cfg.model.impl}, attention={cfg.attention.name}")
+    if _get(cfg, "model.block_sparse") is not None:
+        if cfg.model.impl != "ours" or cfg.attention.name not in ("flash", "naive"):
+            raise UserError(f"model.block_sparse needs model.impl=ours and attention=flash | naive; this run has "
+                            f"model.impl={cfg.model.impl}, attention={cfg.attention.name}")
+        if _get(cfg, "model.window") is not None or _get(cfg, "model.documents"):
+            raise UserError("model.block_sparse does not combine with model.window or model.documents "
+                            "(a block mask takes no other mask)")
     t = cfg.train
     if t.min_lr > t.lr:
         raise UserError(f"train.min_lr={t.min_lr} is above train.lr={t.lr}")

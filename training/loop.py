@@ -42,6 +42,7 @@ def build_model(cfg):
                           dropout=m.dropout, attn_dropout=m.attn_dropout, vocab_multiple=m.vocab_multiple,
                           cross_entropy=m.cross_entropy, xent_chunk=m.xent_chunk, qkv_packed=m.qkv_packed,
                           window=m.get("window"), documents=m.get("documents", False),
+                          block_sparse=m.get("block_sparse"), sparse_block=m.get("sparse_block", 128),
                           attention=cfg.attention.name,
                           attention_options=OmegaConf.to_container(cfg.attention.options)))
 
@@ -178,8 +179,13 @@ class Trainer:
         ranks = f"{d.world} ranks ({d.parallel}) x " if d.world > 1 else ""
         packed = " on packed QKV" if isinstance(model, GPT) and model.cfg.qkv_packed and cfg.attention.name in PACKED else ""
         precision = f"{self.t.dtype} autocast" if self.on_cuda and self.dtype != torch.float32 else "float32"
+        masks = ""
+        if isinstance(model, GPT):  # beside causal: what each token may see
+            mc = model.cfg
+            masks = "".join([f", window {mc.window}" if mc.window else "", ", document masking" if mc.documents else "",
+                             f", block-sparse ({mc.block_sparse}, {mc.sparse_block}-token tiles)" if mc.block_sparse else ""])
         return (f"{model.num_params():,} parameters ({type(model).__name__.removeprefix('FSDP')}) | "
-                f"{cfg.attention.name} attention{packed} | context {cfg.context} | {ranks}{self.micro_batch} x "
+                f"{cfg.attention.name} attention{packed}{masks} | context {cfg.context} | {ranks}{self.micro_batch} x "
                 f"{cfg.context} tokens x {self.accum} micro-batches per step | {self.how} | {loss_path} | {precision} "
                 f"on {self.device} | {'prefetched' if self.t.prefetch else 'synchronous'} batches")
 
