@@ -68,6 +68,10 @@ VARIANTS = {
     "flash-chunk16k": ("ours", ["attention=flash", "model.xent_chunk=16384"]),
     "flash-mb8k": ("ours", ["attention=flash", "train.micro_batch_tokens=8192"]),  # 2 micro-batches
     "flash-mb4k": ("ours", ["attention=flash", "train.micro_batch_tokens=4096"]),  # 4 micro-batches
+    # masks beyond causal (issue 24): what each token sees, at the same tokens per step
+    "flash-documents": ("ours", ["attention=flash", "model.documents=true"]),
+    "flash-window1k": ("ours", ["attention=flash", "model.window=1024"]),
+    "flash-butterfly": ("ours", ["attention=flash", "model.block_sparse=butterfly"]),
     # transformers' attention in micro-batches of 4096 tokens: 16K at once does not fit at 4096 on 80 GB
     "hf-eager-attn-mb4k": ("hf", ["eager"], 4096),
 }

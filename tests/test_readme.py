@@ -19,6 +19,7 @@ def cpu_commands():
     return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
 
 
+@pytest.mark.xdist_group("readme")  # one worker runs them in order: they share the repo's runs/ and token cache
 @pytest.mark.parametrize("command", cpu_commands())
 def test_readme_command_runs_as_written(command, shared_data):
     if not (ROOT.parent / "shared").is_dir():
