@@ -137,8 +137,9 @@ def _key_range(i, N_Q, N_K, window, DocRow, DocEndRow, CAUSAL: tl.constexpr, WIN
     """Key columns [start, end) that Q block i visits, in three parts: [full_start,
     unmasked_end) are visible to all its rows (no mask); [start, full_start) hold the far edge
     of the window or of the rows' documents, and [unmasked_end, end) the causal diagonal, the
-    rows' document ends (non-causal) or the ragged end of K (masked). Each row sees a key interval whose ends never decrease from one
-    row to the next, so the block's first and last rows bound it. Without a window or documents
+    rows' document ends (non-causal) or the ragged end of K (masked). Each row sees a key
+    interval whose ends never decrease from one row to the next, so the block's first and last
+    rows bound it. Without a window or documents
     start = full_start = 0. MASK_EDGE=False when zero-loaded K/V rows past N_K are harmless (the
     dQ pass). DocRow, DocEndRow: this batch row's document starts and ends, by key position."""
     shift = N_K - N_Q

@@ -6,6 +6,7 @@ Attention tensors stay in (batch, seq, heads, head_dim): the fused QKV projectio
 layout, every backend takes it, so the model never transposes.
 """
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -50,6 +51,13 @@ class GPTConfig:
 SPARSE_LAYOUTS = {"butterfly": butterfly}  # name -> (n tiles) -> an n x n boolean layout (attention/masks.py)
 
 
+@functools.lru_cache(maxsize=16)
+def sparse_mask(layout, block, T, device):
+    """The causal BlockMask of a named layout for T tokens: built once a length and device, and
+    shared by every layer and head."""
+    return block_mask(SPARSE_LAYOUTS[layout](-(-T // block)).to(device), block, T, T, causal=True)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -62,7 +70,7 @@ class CausalSelfAttention(nn.Module):
         self.masks = {} if cfg.window is None else {"window": cfg.window}  # passed only when set (flash1 takes none)
         if cfg.block_sparse not in (None, *SPARSE_LAYOUTS):
             raise ValueError(f"block_sparse={cfg.block_sparse!r}: the layouts are {', '.join(SPARSE_LAYOUTS)} (or None)")
-        self.block_sparse, self.sparse_block, self.layouts = cfg.block_sparse, cfg.sparse_block, {}
+        self.block_sparse, self.sparse_block = cfg.block_sparse, cfg.sparse_block
         self.attn = get_attention(cfg.attention, **cfg.attention_options)
         self.attn_packed = get_attention(cfg.attention, packed=True, **cfg.attention_options) if cfg.qkv_packed else None
 
@@ -72,7 +80,10 @@ class CausalSelfAttention(nn.Module):
         dropout_p = self.attn_dropout if self.training else 0.0
         masks = self.masks if documents is None else {**self.masks, "documents": documents}
         if self.block_sparse:
-            masks = {**masks, "block_mask": self.block_mask(T, x.device, cache)}
+            if cache is not None:
+                raise ValueError("model.block_sparse: generation with a KV cache is not supported (its queries "
+                                 "do not start on a tile of the layout); generate with model.block_sparse=null")
+            masks = {**masks, "block_mask": sparse_mask(self.block_sparse, self.sparse_block, T, x.device)}
         if cache is None and self.attn_packed is not None:  # the backward returns dQKV in this layout: no stacking copy
             y = self.attn_packed(qkv, causal=True, dropout_p=dropout_p, **masks)
         else:
@@ -81,18 +92,6 @@ class CausalSelfAttention(nn.Module):
                 k, v = cache.append(layer, k, v)
             y = self.attn(q, k, v, causal=True, dropout_p=dropout_p, **masks)
         return self.resid_dropout(self.c_proj(y.reshape(B, T, C)))
-
-
-    def block_mask(self, T, device, cache):
-        """The layout's BlockMask for T tokens (built once a length and device, shared by the heads)."""
-        if cache is not None:
-            raise ValueError("model.block_sparse: generation with a KV cache is not supported (its queries "
-                             "do not start on a tile of the layout); generate with model.block_sparse=null")
-        if (T, device) not in self.layouts:
-            n = -(-T // self.sparse_block)
-            layout = SPARSE_LAYOUTS[self.block_sparse](n)
-            self.layouts[T, device] = block_mask(layout.to(device), self.sparse_block, T, T, causal=True)
-        return self.layouts[T, device]
 
 
 class MLP(nn.Module):
