@@ -728,14 +728,16 @@ def _ensure_allocator():
 _COMPILED = {}  # launch signature -> (compiled kernel, trailing constexpr arguments, tile size, TMA)
 
 
-def _signature(*tensors):
+def _signature(window, *tensors):
     """The launch signature of the tensors the caller did not allocate: what Triton specializes
     a compiled kernel on (dtype, device, 16-byte alignment, and through the strides and shapes,
-    every integer argument; outputs allocated here are contiguous, so theirs follow from the
-    shapes). None (no caching) with fast_launch off."""
+    every integer argument but the window; outputs allocated here are contiguous, so theirs
+    follow from the shapes). The window itself is in it: Triton compiles an integer argument
+    equal to 1 into the kernel (and specializes on divisibility by 16), so the kernel built for
+    window=1 masks wrongly at window=5. None (no caching) with fast_launch off."""
     if not options["fast_launch"]:
         return None
-    return tensors[0].get_device(), *[(t.dtype, t.shape, t.stride(), t.data_ptr() % 16 == 0) for t in tensors]
+    return tensors[0].get_device(), window, *[(t.dtype, t.shape, t.stride(), t.data_ptr() % 16 == 0) for t in tensors]
 
 
 def wide(*tensors):
@@ -823,7 +825,7 @@ def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, window, doc_start, doc_
              H, bucket(B * H), bucket(N_q), bucket(N_k), N_q, N_k, scale * LOG2E, dropout_p, window, n_blocks),
             dict(CAUSAL=causal, WINDOW=window > 0, DOC=doc_start is not None, SPARSE=blocks_kv is not None,
                  DROPOUT=dropout_p > 0, D=D, G=block),
-            _signature(q, k, v, seed, *(t for t in (doc_start, doc_end, blocks_kv) if t is not None)))
+            _signature(window, q, k, v, seed, *(t for t in (doc_start, doc_end, blocks_kv) if t is not None)))
     return o, lse
 
 
@@ -840,7 +842,7 @@ def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, windo
     scalars = (H, bucket(B * H), bucket(N_q), bucket(N_k), N_q, N_k, scale * LOG2E, scale, dropout_p, window)
     common = dict(CAUSAL=causal, WINDOW=window > 0, DOC=doc_start is not None, SPARSE=blocks_kv is not None,
                   DROPOUT=dropout_p > 0)
-    signature = _signature(q, k, v, do, seed, *(() if dlse is None else (dlse,)), dq, dk, dv,
+    signature = _signature(window, q, k, v, do, seed, *(() if dlse is None else (dlse,)), dq, dk, dv,
                            *(t for t in (doc_start, doc_end, blocks_kv, blocks_q) if t is not None))
     # dQ first: its prologue writes D, which the dK/dV kernel reads. (Unused pointers are real ones.)
     *docs, lists, stride_blh, stride_blr, n_blocks = _mask_args(seed, doc_start, doc_end, blocks_kv, H)

@@ -115,6 +115,17 @@ def test_sliding_window_matches_reference(dtype, window, lengths, p):
         assert ours <= 2 * naive + floor, f"{name}: error {ours:.2e} > 2 x naive {naive:.2e} + {floor:.1e}"
 
 
+def test_windows_one_after_another():
+    """One process, one shape, window after window: Triton compiles an integer argument equal
+    to 1 into the kernel as a constant, so a launch that reused the kernel built for window=1
+    at window=5 would mask the wrong keys (on the GPU, where launches reuse compiled kernels)."""
+    n = 1000 if GPU else 40
+    for window in (1, 5, 64 if GPU else 16, 3):
+        for name, (ours, naive, floor) in zip(["out", "dq", "dk", "dv"],
+                                              _errors("flash", torch.float16, 16, True, n, n, 0.0, window=window)):
+            assert ours <= 2 * naive + floor, f"window {window}, {name}: error {ours:.2e} > 2 x naive {naive:.2e}"
+
+
 if GPU:
     DOC_CASES = [([[1000], [1, 999]], (1000, 1000), None, 0.0), ([[7] * 585 + [2], [4097]], (4097, 4097), None, 0.17),
                  ([[300, 17, 700, 3000, 80], [64] * 64 + [1]], (4097, 4097), 129, 0.0),

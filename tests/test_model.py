@@ -104,8 +104,12 @@ def test_block_sparse_model_attends_to_its_layouts_tiles(attention):
     with torch.no_grad():
         torch.testing.assert_close(sparse(idx[:, :block]), dense(idx[:, :block]), rtol=0, atol=0)
         a, b = sparse(idx), dense(idx)
-        torch.testing.assert_close(a[:, :2 * block], b[:, :2 * block], rtol=0, atol=2e-2)  # rows 0-1: all kept
-        assert not torch.allclose(a[:, 2 * block:], b[:, 2 * block:], atol=2e-2)
+        kept = (a[:, :2 * block] - b[:, :2 * block]).abs().amax()  # tile rows 0-1: every tile kept
+        held = (a[:, 2 * block:] - b[:, 2 * block:]).abs().amax(-1)  # each position of tile rows 2-3
+        assert kept <= 2e-2, kept
+        # every row that lost a tile changes, by more than rounding moves the kept rows (a small
+        # random model's logits move by little, so a fixed tolerance could not tell them apart)
+        assert (held > 4 * kept).all(), (kept, held.min())
     with pytest.raises(ValueError, match="generation with a KV cache is not supported"):
         generate(sparse, idx[:, :5], 2, temperature=0)
     with pytest.raises(ValueError, match="block_sparse='bands': the layouts are butterfly"):
