@@ -106,20 +106,20 @@ def summary(paths, meta):
     keys = ("protocol", "context", "seed", "init_positions", "train_tokens", "val_tokens", "val_ppl", "val_ppl_ctx1024",
             "val_ppl_sliding", "loss_by_position", "curve", "tokens_per_s", "train_time_s", "attention", "run")
     runs = sorted(({k: r.get(k) for k in keys} for r in runs),
-                  key=lambda r: (r["protocol"], r["context"], r["init_positions"] or "", r["seed"]))
+                  key=lambda r: (r["protocol"], r["context"], r["init_positions"] or "", r["train_tokens"], r["seed"]))
     return {"meta": meta, "runs": runs, "by_config": by_config(runs)}
 
 
 def by_config(runs):
-    """Runs of one configuration over seeds: each seed's ppl, and its ratio to its 1K baseline of the
-    same seed and the same training tokens (the paired comparison): a staged run against the
-    control (both continue the same parent), a scratch run against scratch 1024."""
+    """Runs of one configuration and budget over seeds: each seed's ppl, and its ratio to its 1K
+    baseline of the same seed and the same training tokens (the paired comparison): a staged run
+    against the control (both continue the same parent), a scratch run against scratch 1024."""
     ppl = {(label(r), r["seed"], r["train_tokens"]): r["val_ppl"] for r in runs}
     groups = {}
     for r in runs:
-        groups.setdefault(label(r), []).append(r)
+        groups.setdefault((label(r), r["train_tokens"]), []).append(r)
     out = []
-    for name, rs in groups.items():
+    for (name, _), rs in groups.items():
         base = baseline(rs[0])
         ratios = [r["val_ppl"] / ppl[k] for r in rs if base and (k := (base, r["seed"], r["train_tokens"])) in ppl]
         out.append({"config": name, "train_tokens": rs[0]["train_tokens"], "seeds": [r["seed"] for r in rs],
@@ -183,9 +183,9 @@ def figures(summ, out):
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
     for r in summ["runs"]:
         t, ppl = zip(*r["curve"]) if r["curve"] else ((), ())
-        ax[0].plot([x / 1e6 for x in t], ppl, marker="o", label=f"{label(r)}, seed {r['seed']}")
+        ax[0].plot([x / 1e6 for x in t], ppl, marker="o", label=f"{label(r)}, seed {r['seed']}, {r['train_tokens'] / 1e6:.0f}M")
         b = r["loss_by_position"]
-        ax[1].plot(range(len(b)), list(b.values()), marker="o", label=f"{label(r)}, seed {r['seed']}")
+        ax[1].plot(range(len(b)), list(b.values()), marker="o", label=f"{label(r)}, seed {r['seed']}, {r['train_tokens'] / 1e6:.0f}M")
     ax[0].set(xlabel="training tokens (M)", ylabel="validation ppl (training-time evaluation, 4M targets)",
               yscale="log", title="Validation perplexity against tokens seen")
     ax[1].set(xlabel="position in the window", ylabel="validation loss (nats)", title="Loss by position (whole split)")

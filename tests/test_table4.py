@@ -65,14 +65,18 @@ def test_summary_table_and_figure(tmp_path):
     scratch = {**score, "run": "x", "protocol": "scratch", "init_positions": None, "val_ppl": 33.0}
     scratch_1k = {**scratch, "run": "x1", "context": 1024, "val_ppl": 30.0}
     scratch_2k = {**scratch, "run": "x2", "context": 2048, "train_tokens": 1, "val_ppl": 31.0}  # no 1K run at its tokens
-    runs = {"a": score, "c": control, "s2": other_seed, "x": scratch, "x1": scratch_1k, "x2": scratch_2k}
+    parent_1k = {**scratch_1k, "run": "x1p", "train_tokens": 201326592, "val_ppl": 31.3}  # the same seed, cut short
+    runs = {"a": score, "c": control, "s2": other_seed, "x": scratch, "x1": scratch_1k, "x1p": parent_1k,
+            "x2": scratch_2k}
     for name, s in runs.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(s))
     table4.main(["summary", *(str(tmp_path / f"{n}.json") for n in runs), "--out", str(tmp_path / "out"),
                  "--meta", '{"device": "x"}'])
     summ = json.loads((tmp_path / "out/summary.json").read_text())
     assert summ["meta"] == {"device": "x"} and summ["runs"][-2]["val_ppl_ctx1024"] == 30.1
-    configs = {c["config"]: c for c in summ["by_config"]}
+    assert [(c["train_tokens"], c["val_ppl"]) for c in summ["by_config"] if c["config"] == "scratch 1024"] == \
+        [(201326592, [31.3]), (268435456, [30.0])]  # one row a budget: the short run is not a second seed
+    configs = {c["config"]: c for c in summ["by_config"] if c["train_tokens"] != 201326592}
     staged = configs["staged 4096 (copy)"]
     assert staged["seeds"] == [1, 2] and staged["val_ppl_mean"] == pytest.approx(28.5)
     assert staged["baseline"] == "control 1024" and staged["ratio_to_baseline"] is None  # seed 2 has no control
