@@ -183,9 +183,10 @@ def figures(summ, out):
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
     for r in summ["runs"]:
         t, ppl = zip(*r["curve"]) if r["curve"] else ((), ())
-        ax[0].plot([x / 1e6 for x in t], ppl, marker="o", label=f"{label(r)}, seed {r['seed']}, {r['train_tokens'] / 1e6:.0f}M")
+        name = f"{label(r)}, seed {r['seed']}, {r['train_tokens'] / 1e6:.0f}M"
+        ax[0].plot([x / 1e6 for x in t], ppl, marker="o", label=name)
         b = r["loss_by_position"]
-        ax[1].plot(range(len(b)), list(b.values()), marker="o", label=f"{label(r)}, seed {r['seed']}, {r['train_tokens'] / 1e6:.0f}M")
+        ax[1].plot(range(len(b)), list(b.values()), marker="o", label=name)
     ax[0].set(xlabel="training tokens (M)", ylabel="validation ppl (training-time evaluation, 4M targets)",
               yscale="log", title="Validation perplexity against tokens seen")
     ax[1].set(xlabel="position in the window", ylabel="validation loss (nats)", title="Loss by position (whole split)")
