@@ -226,11 +226,12 @@ def _current(data, name):
     return " ".join(_sweep_args(name)) in data["meta"]["command"]
 
 
-def sweeps(out, run):
-    """The seed reports' kernel sweeps at their settings, their figures and the forward table."""
+def sweeps(out, run, only=None):
+    """The seed reports' kernel sweeps at their settings, their figures and the forward table;
+    `only`: the names of the sweeps to measure (the others are reported from what OUT holds)."""
     lines = []
     for name, (_, drawn) in SWEEPS.items():
-        data, cmd = bench(out / "sweeps" / name, _sweep_args(name), run)
+        data, cmd = bench(out / "sweeps" / name, _sweep_args(name), run and (only is None or name in only))
         if data is None:
             lines.append(f"- {name}: not measured (needs a GPU: `--only sweeps`)")
             continue
@@ -309,6 +310,8 @@ def main(argv=None):
     p.add_argument("--budget", choices=("toy", "small", "paper"), default="small")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra train.py overrides for every run")
     p.add_argument("--steps-per-run", type=int, help="stop each run after this many steps (resume on the next call)")
+    p.add_argument("--sweeps", help=f"with --only sweeps, the sweeps to measure (default all: {','.join(SWEEPS)}); "
+                   "a machine with a time limit measures them over several calls")
     p.add_argument("--kernel-tables", nargs="*", type=Path, help="sequence-length tables of bench_attention.py for "
                    "the seed-report figures (default: attention/d64 and attention/d128 beside OUT_DIR)")
     a = p.parse_args(argv)
@@ -316,6 +319,9 @@ def main(argv=None):
     unknown = parts - {"table2", "table4", "figures", "sweeps"}
     if unknown:
         p.error(f"unknown --only parts {sorted(unknown)}: table2, table4, figures, sweeps")
+    only_sweeps = a.sweeps.split(",") if a.sweeps else None
+    if only_sweeps and set(only_sweeps) - set(SWEEPS):
+        p.error(f"unknown --sweeps {sorted(set(only_sweeps) - set(SWEEPS))}: {', '.join(SWEEPS)}")
     a.out.mkdir(parents=True, exist_ok=True)
     report = [f"# FlashAttention paper reproduction ({a.budget} budget)", "",
               f"Report written {time.strftime('%Y-%m-%d')} by `{harness.command(argv, 'benchmarks.reproduce')}`; each part says where and how it was measured. "
@@ -339,7 +345,7 @@ def main(argv=None):
     report += ["## Figure 3: runtime and memory against sequence length", "", figures(a.out, a.budget, "figures" in parts)]
     tables = a.kernel_tables if a.kernel_tables is not None else [a.out.parent / "attention" / "d64", a.out.parent / "attention" / "d128"]
     report += ["## Kernel benchmarks of the seed reports", "", seed_figures(a.out, tables), "",
-               "### Sweeps: batch, heads, embedding dim, head dim; TFLOP/s heatmap", "", sweeps(a.out, "sweeps" in parts),
+               "### Sweeps: batch, heads, embedding dim, head dim; TFLOP/s heatmap", "", sweeps(a.out, "sweeps" in parts, only_sweeps),
                "### The seed reports' figures and ours", "", seed_map(a.out)]
     report += ["## Not tested here", "", NOT_TESTED]
     notes = a.out / "reading.md"  # a hand-written reading of the measured results, when present

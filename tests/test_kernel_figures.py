@@ -70,3 +70,14 @@ def test_forward_table_marks_oom():
                                        error="OOM")]
     table = kernel_figures.forward_table(data)
     assert "| 64 | 2048 | 12 | 1 | - | OOM |" in table and "| 16 | 512 | 12 | 1 | 1.000 / 270 / 51200 |" in table
+
+
+def test_sweeps_measures_only_the_named_ones(tmp_path, monkeypatch):
+    from benchmarks import reproduce
+    asked = []
+    monkeypatch.setattr(reproduce, "bench", lambda out_dir, args, run: (asked.append((out_dir.name, run)), (None, None))[1])
+    sweeps(tmp_path, run=True, only=["causal", "grid"])
+    assert {name for name, run in asked if run} == {"causal", "grid"} and len(asked) == len(SWEEPS)
+    with pytest.raises(SystemExit) as e:
+        reproduce.main([str(tmp_path), "--only", "sweeps", "--sweeps", "causal,nope"])
+    assert e.value.code == 2
