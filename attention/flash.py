@@ -33,7 +33,7 @@ sees no key (only possible when N_q > N_k) gets O = 0 and LSE = +inf.
 Only the blocks that cross the diagonal (or the ragged end of K) pay for the mask: each loop
 is split into an unmasked part and a masked part.
 
-Dropout uses a counter-based RNG (Philox, `tl.rand`) keyed by (seed, element index), so the
+Dropout uses a counter-based RNG (Philox, eight 16-bit draws a call) keyed by (seed, element), so the
 backward pass regenerates exactly the forward mask and a given seed is reproducible.
 
 Tensor layout is (batch, seq, heads, head_dim), the layout a fused QKV projection produces,
@@ -60,19 +60,30 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
 # shared device helpers
 # --------------------------------------------------------------------------------------------
 @triton.jit
-def dropout_keep(seed, bh, rows, cols, N_Q, N_K, dropout_p):
-    """Keep-mask for attention dropout: one Philox draw per (batch*head, query, key) element."""
-    offsets = (bh * N_Q + rows).to(tl.int64) * N_K + cols
-    return tl.rand(seed, offsets) >= dropout_p
+def dropout_keep(seed, bh, rows, col0, N_Q, N_K, dropout_p, B_c: tl.constexpr):
+    """Keep-mask [rows, B_c] for attention dropout over query `rows` (1-D) and keys col0 ..
+    col0 + B_c (col0 a multiple of 8). One Philox call (`tl.randint4x`: four 32-bit words) draws
+    eight 16-bit numbers, one per key of a group of 8, as FlashAttention-2's CUDA kernel splits
+    its words into bytes: the RNG costs an eighth of one Philox per element (tl.rand's). An
+    element is dropped when its number is below p * 2^16, so the kept fraction is 1 - p to
+    within 2^-16; every kernel draws the mask from the same (seed, batch*head, query, key
+    group) counter, so the backward pass regenerates exactly the forward mask."""
+    groups = col0 // 8 + tl.arange(0, B_c // 8)
+    offsets = (bh * N_Q + rows[:, None]).to(tl.int64) * tl.cdiv(N_K, 8) + groups[None, :]
+    w0, w1, w2, w3 = tl.randint4x(seed, offsets)
+    u = tl.join(tl.join(tl.join(w0 & 0xFFFF, w0 >> 16), tl.join(w1 & 0xFFFF, w1 >> 16)),
+                tl.join(tl.join(w2 & 0xFFFF, w2 >> 16), tl.join(w3 & 0xFFFF, w3 >> 16)))
+    return tl.reshape(u, [rows.shape[0], B_c]).to(tl.float32) >= dropout_p * 65536.0
 
 
 @triton.jit
 def _dropout_mask_kernel(Mask, seed_ptr, N_Q, N_K, dropout_p, B_r: tl.constexpr, B_c: tl.constexpr):
     """Writes the keep-mask the attention kernels use (for tests and the reference path)."""
     bh = tl.program_id(2)
-    rows = tl.program_id(0) * B_r + tl.arange(0, B_r)[:, None]
-    cols = tl.program_id(1) * B_c + tl.arange(0, B_c)[None, :]
-    keep = dropout_keep(tl.load(seed_ptr), bh, rows, cols, N_Q, N_K, dropout_p)
+    rows = tl.program_id(0) * B_r + tl.arange(0, B_r)
+    col0 = tl.program_id(1) * B_c
+    keep = dropout_keep(tl.load(seed_ptr), bh, rows, col0, N_Q, N_K, dropout_p, B_c)
+    rows, cols = rows[:, None], col0 + tl.arange(0, B_c)[None, :]
     tl.store(Mask + (bh * N_Q + rows).to(tl.int64) * N_K + cols, keep, mask=(rows < N_Q) & (cols < N_K))
 
 
@@ -239,7 +250,7 @@ def _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn, start, 
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         if DROPOUT:
-            p = tl.where(dropout_keep(seed, bh, offs_m[:, None], cols[None, :], N_Q, N_K, dropout_p), p, 0.0)
+            p = tl.where(dropout_keep(seed, bh, offs_m, start_n, N_Q, N_K, dropout_p, B_c), p, 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
     return acc, l_i, m_i
@@ -334,9 +345,9 @@ def _row_delta(o, do, dLSE_row, offs_m, row_ok, HAS_DLSE: tl.constexpr):
 
 @triton.jit
 def _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE_row, Delta_row, stride_qn, stride_don,
-                    start, end, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window,
-                    doc_lo, doc_hi, MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
-                    DOC: tl.constexpr, DROPOUT: tl.constexpr, B_r: tl.constexpr):
+                    start, end, offs_m0, offs_n, key0, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p,
+                    window, doc_lo, doc_hi, MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+                    DOC: tl.constexpr, DROPOUT: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr):
     """Accumulates dK_j, dV_j over query blocks [start, end), in the transposed frame (S^T)."""
     for start_m in range(start, end, B_r):
         rows = start_m + offs_m0
@@ -360,7 +371,7 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE_row, Delta_row, stride_
             pT = tl.where(visible, pT, 0.0)
         dpT = tl.dot(v, tl.trans(do)).to(tl.float32)
         if DROPOUT:
-            keep = dropout_keep(seed, bh, rows[None, :], offs_n[:, None], N_Q, N_K, dropout_p)
+            keep = tl.trans(dropout_keep(seed, bh, rows, key0, N_Q, N_K, dropout_p, B_c))  # the S^T frame
             inv_keep = 1.0 / (1.0 - dropout_p)
             dv += tl.dot(tl.where(keep, pT * inv_keep, 0.0).to(do.dtype), do)
             dpT = tl.where(keep, dpT * inv_keep, 0.0)
@@ -442,24 +453,24 @@ def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr, DocStart, 
         for t in range(0, tl.load(col)):
             r = tl.load(col + 2 + t) * G
             dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
-                                     stride_qn, stride_don, r, r + G, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
-                                     shift, qk_scale, dropout_p, window, doc_lo, doc_hi, False, CAUSAL, WINDOW, DOC, DROPOUT, B_r)
+                                     stride_qn, stride_don, r, r + G, offs_m0, offs_n, j * B_c, offs_d, seed, bh, N_Q, N_K,
+                                     shift, qk_scale, dropout_p, window, doc_lo, doc_hi, False, CAUSAL, WINDOW, DOC, DROPOUT, B_r, B_c)
         for t in range(0, tl.load(col + 1)):
             r = tl.load(col + 2 + n_blocks + t) * G
             dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
-                                     stride_qn, stride_don, r, r + G, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
-                                     shift, qk_scale, dropout_p, window, doc_lo, doc_hi, True, CAUSAL, WINDOW, DOC, DROPOUT, B_r)
+                                     stride_qn, stride_don, r, r + G, offs_m0, offs_n, j * B_c, offs_d, seed, bh, N_Q, N_K,
+                                     shift, qk_scale, dropout_p, window, doc_lo, doc_hi, True, CAUSAL, WINDOW, DOC, DROPOUT, B_r, B_c)
     else:
         dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
-                                 stride_qn, stride_don, start, mid, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
-                                 shift, qk_scale, dropout_p, window, doc_lo, doc_hi, True, CAUSAL, WINDOW, DOC, DROPOUT, B_r)
+                                 stride_qn, stride_don, start, mid, offs_m0, offs_n, j * B_c, offs_d, seed, bh, N_Q, N_K,
+                                 shift, qk_scale, dropout_p, window, doc_lo, doc_hi, True, CAUSAL, WINDOW, DOC, DROPOUT, B_r, B_c)
         dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
-                                 stride_qn, stride_don, mid, full_end, offs_m0, offs_n, offs_d, seed, bh, N_Q, N_K,
-                                 shift, qk_scale, dropout_p, window, doc_lo, doc_hi, False, CAUSAL, WINDOW, DOC, DROPOUT, B_r)
+                                 stride_qn, stride_don, mid, full_end, offs_m0, offs_n, j * B_c, offs_d, seed, bh, N_Q, N_K,
+                                 shift, qk_scale, dropout_p, window, doc_lo, doc_hi, False, CAUSAL, WINDOW, DOC, DROPOUT, B_r, B_c)
         if WINDOW or DOC:
             dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
-                                     stride_qn, stride_don, full_end, end, offs_m0, offs_n, offs_d, seed, bh, N_Q,
-                                     N_K, shift, qk_scale, dropout_p, window, doc_lo, doc_hi, True, CAUSAL, WINDOW, DOC, DROPOUT, B_r)
+                                     stride_qn, stride_don, full_end, end, offs_m0, offs_n, j * B_c, offs_d, seed, bh, N_Q,
+                                     N_K, shift, qk_scale, dropout_p, window, doc_lo, doc_hi, True, CAUSAL, WINDOW, DOC, DROPOUT, B_r, B_c)
     tl.store(dK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :],
              (dk * sm_scale).to(dK.dtype.element_ty), mask=col_ok)
     tl.store(dV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :],
@@ -490,7 +501,7 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn
             p = tl.where(visible, p, 0.0)
         dp = tl.dot(do, vT).to(tl.float32)
         if DROPOUT:
-            keep = dropout_keep(seed, bh, offs_m[:, None], cols[None, :], N_Q, N_K, dropout_p)
+            keep = dropout_keep(seed, bh, offs_m, start_n, N_Q, N_K, dropout_p, B_c)
             dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(kT.dtype), tl.trans(kT))

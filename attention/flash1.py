@@ -101,7 +101,7 @@ def flash1_fwd_kernel(Q, K, V, O, L, M, seed_ptr,
             alpha = tl.math.exp2(m_i - m_new)
             l_new = alpha * l_i + tl.sum(p, 1)
             if DROPOUT:
-                keep = dropout_keep(seed, bh, rows[:, None], cols[None, :], N_Q, N_K, dropout_p)
+                keep = dropout_keep(seed, bh, rows, start_n, N_Q, N_K, dropout_p, B_c)
                 p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
             pv = tl.dot(p.to(v.dtype), v)
             l_safe = tl.where(l_new == 0.0, 1.0, l_new)
@@ -147,7 +147,7 @@ def flash1_bwd_kernel(Q, K, V, dO, dQ, dK, dV, L, M, Delta, seed_ptr,
             p = tl.math.exp2(s - m_i[:, None]) / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
             dp = tl.dot(do, tl.trans(v))
             if DROPOUT:
-                keep = dropout_keep(seed, bh, rows[:, None], cols[None, :], N_Q, N_K, dropout_p)
+                keep = dropout_keep(seed, bh, rows, start_n, N_Q, N_K, dropout_p, B_c)
                 dv += tl.dot(tl.trans(tl.where(keep, p / (1.0 - dropout_p), 0.0).to(do.dtype)), do)
                 dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
             else:

@@ -20,7 +20,9 @@ runs without it. FLOPs count the dense N x N in every case.
 """
 
 import argparse
+import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -147,6 +149,23 @@ def shapes(a):
                         yield batch, h, n, d, causal
 
 
+def point(row):
+    return row["provider"], row["head_dim"], row["heads"], row["causal"], row["seqlen"], row["batch"]
+
+
+def resumed(out, meta):
+    """The rows of OUT/attention.json when the same command measured them on the same device
+    with the same versions (the date aside); none otherwise."""
+    path = out / "attention.json"
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    same = {k: v for k, v in old["meta"].items() if k != "date"} == {k: v for k, v in meta.items() if k != "date"}
+    print(f"--resume: {len(old['rows']) if same else 0} points kept from {path}" +
+          ("" if same else " (measured by another command, device or version: measuring all again)"), flush=True)
+    return old["rows"] if same else []
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--providers", default="flash,sdpa-flash,sdpa-cudnn,flex,naive,flash1")
@@ -164,13 +183,18 @@ def main():
     ap.add_argument("--dropout", type=float, default=0.0, help="attention dropout (the paper's Figure 3: 0.1)")
     ap.add_argument("--padding", action="store_true", help="a padding mask, real lengths in [N - 20, N) (non-causal)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--resume", action="store_true", help="keep the points OUT holds from this same command "
+                    "on this same device and versions, measure the rest (a machine with a time limit measures "
+                    "a long table over several calls)")
     args = ap.parse_args()
 
     fns = providers(args.providers.split(","))
     if args.padding and "1" in args.causal.split(","):
         ap.error("--padding is the paper's (non-causal) padding mask: use it with --causal 0")
-    meta = harness.metadata(tokens=args.tokens, dtype="bfloat16", dropout=args.dropout, padding=args.padding)
-    rows = []
+    meta = harness.metadata([a for a in sys.argv[1:] if a != "--resume"], tokens=args.tokens, dtype="bfloat16",
+                            dropout=args.dropout, padding=args.padding)
+    rows = resumed(args.out, meta) if args.resume and args.out else []
+    done = {point(r) for r in rows}
 
     def save(markdown=None):  # after every row, so that a run cut short by a time limit keeps what it measured
         if args.out:
@@ -178,7 +202,8 @@ def main():
 
     for batch, heads, n, d, causal in shapes(args):
         for name, fn in fns.items():
-            if (name == "naive" and n > args.naive_max_n) or (name == "flash1" and n > args.flash1_max_n):
+            if (name == "naive" and n > args.naive_max_n) or (name == "flash1" and n > args.flash1_max_n) \
+                    or (name, d, heads, causal, n, batch) in done:
                 continue
             t0 = time.time()
             try:

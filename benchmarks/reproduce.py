@@ -184,9 +184,10 @@ SEED_FIGURES = [
 
 
 def bench(out_dir, args, run):
-    """bench_attention.py into out_dir (when `run` and a GPU is there); its rows, or None."""
+    """bench_attention.py into out_dir (when `run` and a GPU is there; the points that an earlier
+    call of the same command measured there are kept); its rows, or None."""
     if run and torch.cuda.is_available():
-        cmd = [*BENCH, *args, "--out", str(out_dir)]
+        cmd = [*BENCH, *args, "--out", str(out_dir), "--resume"]  # a call cut by a time limit goes on from there
         print("$ python", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
     path = out_dir / "attention.json"

@@ -233,6 +233,14 @@ def test_dropout_is_reproducible_and_unbiased():
     assert torch.equal(a, dropout_mask(seed, 1, 2, 64, 64, 0.25))
     assert not torch.equal(a, dropout_mask(seed + 1, 1, 2, 64, 64, 0.25))
     assert abs(a.float().mean().item() - 0.75) < 0.03
+    # Eight keys share one Philox call: they must still be independent draws. Kept fraction,
+    # and the agreement of keys 1 to 8 apart and of neighbouring queries (p^2 + (1-p)^2 if
+    # independent), each within 5 sigma (sigma <= 0.001 here).
+    m = dropout_mask(seed, 1, 4, 256, 256, 0.25).float()
+    assert abs(m.mean().item() - 0.75) < 0.005
+    for agree in [(m[..., d:] == m[..., :-d]).float().mean().item() for d in range(1, 9)] + \
+            [(m[:, :, 1:] == m[:, :, :-1]).float().mean().item()]:
+        assert abs(agree - 0.625) < 0.006, agree
 
 
 def test_returned_lse_and_its_gradient():

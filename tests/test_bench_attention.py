@@ -33,3 +33,34 @@ def test_figure3_setting_runs_every_masked_provider_on_the_same_mask():
     assert not torch.allclose(o, fns["flash"](q, k, v), atol=2e-2)  # the mask changes the result
     fns["flash-butterfly"](q, k, v, dropout_p=0.1, **kw).float().sum().item()  # runs (the padding is not applied)
     assert 0 < butterfly_layout(1024, False, "cpu").density <= 1
+
+
+def test_resume_measures_only_the_points_a_cut_run_left(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    import pytest
+    from benchmarks import bench_attention
+    measured = []
+
+    def measure(fn, batch, heads, n, *a, **kw):
+        if n == 256 and len(measured) == 1 and not resumed:
+            raise KeyboardInterrupt  # the machine's time limit, after the first point
+        measured.append(n)
+        return {m: 1.0 for m in bench_attention.MODES}, 0, {m: 0.0 for m in bench_attention.MODES}
+    monkeypatch.setattr(bench_attention, "measure", measure)
+    monkeypatch.setattr(bench_attention, "plot", lambda rows, path: None)
+    args = ["bench_attention", "--providers", "naive", "--shapes", "16x2", "--causal", "0", "--out", str(tmp_path)]
+    resumed = False
+    monkeypatch.setattr(sys, "argv", [*args, "--seqlens", "128,256", "--resume"])
+    with pytest.raises(KeyboardInterrupt):
+        bench_attention.main()
+    assert measured == [128] and len(json.loads((tmp_path / "attention.json").read_text())["rows"]) == 1
+    resumed = True
+    bench_attention.main()  # the same command again: only the point it had not reached
+    data = json.loads((tmp_path / "attention.json").read_text())
+    assert measured == [128, 256] and [r["seqlen"] for r in data["rows"]] == [128, 256]
+    assert "--resume" not in data["meta"]["command"]
+    monkeypatch.setattr(sys, "argv", [*args, "--seqlens", "128", "--resume"])
+    bench_attention.main()  # another command: nothing of the old table is kept
+    assert measured == [128, 256, 128] and len(json.loads((tmp_path / "attention.json").read_text())["rows"]) == 1
