@@ -1,12 +1,14 @@
 """Reproduce the FlashAttention paper's GPT-2 experiments and figures, then write a report.
 
-    python -m benchmarks.reproduce OUT_DIR [--only table2,table4,figures] [--budget toy|small|paper]
+    python -m benchmarks.reproduce OUT_DIR [--only table2,table2-medium,table4,figures,sweeps] [--budget toy|small|paper]
                                    [--set data.num_proc=16 ...] [--steps-per-run N]
 
 - table2: GPT-2 small at context 1024 trained by train.py with transformers' GPT-2 (eager, the
   paper's HuggingFace baseline), standard attention eager and compiled (the "Megatron-LM" role:
   standard attention with its softmax fused by torch.compile), SDPA, and our flash kernel eager
   and compiled; same data, batch, schedule and seed (conf/experiment/table2*.yaml).
+- table2-medium: the same runs with GPT-2 medium (conf/experiment/table2-medium*.yaml), the
+  paper's second model size.
 - table4: GPT-2 small with flash at three contexts and standard attention at the first, the same
   tokens per step and steps, on the Gutenberg books, evaluated on the same validation books;
   plus the validation loss at each position of the window (conf/experiment/table4*.yaml).
@@ -42,6 +44,8 @@ TABLE2 = [  # name, overrides; the first is the baseline
     ("flash-eager", ["attention=flash", "train.compile=false"]),
     ("flash", ["attention=flash"]),
 ]
+# Table 2's model sizes: experiment (conf/experiment/NAME[-BUDGET].yaml) -> the paper's row label.
+TABLE2_SIZES = {"table2": "GPT-2 small", "table2-medium": "GPT-2 medium"}
 CONTEXTS = {"toy": (64, 128, 256), "small": (1024, 2048, 4096), "paper": (1024, 2048, 4096)}
 
 # Quoted from the paper (Dao et al. 2022, FlashAttention, Tables 2 and 4; 8 x A100, OpenWebText).
@@ -97,8 +101,11 @@ def run_table(out, table, runs, budget, extra, steps_per_run, run=True):
     if meta_file.is_file():
         m = json.loads(meta_file.read_text())
         status.insert(0, f"measured on {m['device']}, {m['date']}, torch {m['torch']}: `{m['command']}`")
-    data = load_dir(shown[0])["config"]["data"]
-    status.insert(1, f"data: `data={data['name']}` ({data.get('train_files') or data.get('dataset') or 'see its config'}); "
+    config = load_dir(shown[0])["config"]
+    data, model = config["data"], config["model"]
+    status.insert(1, f"model: `{model['name']}` ({model['n_layer']} layers, {model['n_embd']} wide, {model['n_head']} heads), "
+                     f"context {config['context']}")
+    status.insert(2, f"data: `data={data['name']}` ({data.get('train_files') or data.get('dataset') or 'see its config'}); "
                      "val ppl is on its validation split, not on OpenWebText as in the paper's tables")
     status.append(f"`tokens/s vs {rows[0]['run']}` is the throughput ratio; the time to validation loss {target} "
                   "also counts how far each run's loss falls per token, and `train time s` excludes evaluation")
@@ -306,7 +313,7 @@ NOT_TESTED = """The paper also claims, and this project does not test:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path)
-    p.add_argument("--only", default="table2,table4,figures,sweeps", help="parts to run")
+    p.add_argument("--only", default="table2,table2-medium,table4,figures,sweeps", help="parts to run")
     p.add_argument("--report-only", action="store_true", help="run nothing: the report from what OUT_DIR holds")
     p.add_argument("--budget", choices=("toy", "small", "paper"), default="small")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra train.py overrides for every run")
@@ -317,9 +324,10 @@ def main(argv=None):
                    "the seed-report figures (default: attention/d64 and attention/d128 beside OUT_DIR)")
     a = p.parse_args(argv)
     parts = set(a.only.split(",")) if not a.report_only else set()
-    unknown = parts - {"table2", "table4", "figures", "sweeps"}
+    known = [*TABLE2_SIZES, "table4", "figures", "sweeps"]
+    unknown = parts - set(known)
     if unknown:
-        p.error(f"unknown --only parts {sorted(unknown)}: table2, table4, figures, sweeps")
+        p.error(f"unknown --only parts {sorted(unknown)}: {', '.join(known)}")
     only_sweeps = a.sweeps.split(",") if a.sweeps else None
     if only_sweeps and set(only_sweeps) - set(SWEEPS):
         p.error(f"unknown --sweeps {sorted(set(only_sweeps) - set(SWEEPS))}: {', '.join(SWEEPS)}")
@@ -327,10 +335,12 @@ def main(argv=None):
     report = [f"# FlashAttention paper reproduction ({a.budget} budget)", "",
               f"Report written {time.strftime('%Y-%m-%d')} by `{harness.command(argv, 'benchmarks.reproduce')}`; each part says where and how it was measured. "
               "Every part present in OUT_DIR is reported; --only chooses what runs.", ""]
-    status, result = run_table(a.out, "table2", TABLE2, a.budget, a.set, a.steps_per_run, "table2" in parts)
-    report += ["## Table 2: training speed, same model, same curve", "", *[f"- {s}" for s in status], ""]
-    if result:
-        report += [result[0], "![val ppl](table2/val_ppl.png) ![tokens/s](table2/tokens_per_s.png)", ""]
+    report += ["## Table 2: training speed, same model, same curve", ""]
+    for table, size in TABLE2_SIZES.items():
+        status, result = run_table(a.out, table, TABLE2, a.budget, a.set, a.steps_per_run, table in parts)
+        report += [f"### {size}", "", *[f"- {s}" for s in status], ""]
+        if result:
+            report += [result[0], f"![val ppl]({table}/val_ppl.png) ![tokens/s]({table}/tokens_per_s.png)", ""]
     report += ["The paper's Table 2 (quoted):", "", PAPER_TABLE2]
     report += ["## Table 4: longer context, better model", ""]
     if (a.out / "table4" / "summary.json").is_file() and "table4" not in parts:

@@ -9,16 +9,19 @@ from benchmarks.reproduce import main
 def test_reproduce_toy_budget(tmp_path, shared_data, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "paper"
-    args = [str(out), "--budget", "toy", "--only", "table2,table4", "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    args = [str(out), "--budget", "toy", "--only", "table2,table2-medium,table4", "--set", f"data.cache_dir={tmp_path / 'cache'}"]
     main(args)
     report = (out / "report.md").read_text()
     for needed in ("## Table 2", "| hf-eager | cpu | hf | naive | off |", "| standard-eager | cpu | ours | naive | off |",
                    "## Table 4", "| flash-256 | 256 |", "The paper's Table 4 (quoted)", "time to val loss"):
         assert needed in report, needed
-    rows = json.loads((out / "table2/compare.json").read_text())
-    # Same seed, same weights (transformers' model starts from ours): the same first losses.
-    assert max(r["max_loss_diff"] for r in rows) < 1e-3
-    for f in ("table2/val_ppl.png", "table2/tokens_per_s.png", "table4/loss_by_position.png"):
+    for table in ("table2", "table2-medium"):
+        rows = json.loads((out / table / "compare.json").read_text())
+        # Same seed, same weights (transformers' model starts from ours): the same first losses.
+        assert max(r["max_loss_diff"] for r in rows) < 1e-3
+    assert "### GPT-2 medium" in report and "model: `gpt2-tiny` (4 layers, 128 wide, 4 heads)" in report
+    assert "model: `gpt2-tiny` (2 layers, 64 wide, 2 heads)" in report
+    for f in ("table2/val_ppl.png", "table2-medium/tokens_per_s.png", "table2/tokens_per_s.png", "table4/loss_by_position.png"):
         assert (out / f).stat().st_size > 0
     by_position = json.loads((out / "runs/table4/flash-256/loss_by_position.json").read_text())["loss"]
     assert len(by_position) == 256
