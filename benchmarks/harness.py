@@ -15,7 +15,9 @@ installs `benchmarks` with the project).
 
 import json
 import math
+import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -27,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def command(argv=None, module=None):
     """`python -m benchmarks.NAME ARGS` as a user types it: paths inside the repository
-    relative to it, any other absolute path (a GPU machine's scratch folder) as OUT."""
+    relative to it, any other absolute path (a GPU machine's scratch folder) as OUT, and in
+    front the FLASH_* variables set (the kernel's launch options: FLASH_AUTOTUNE=0 measures
+    fixed tiles, not tuned ones)."""
     module = module or getattr(sys.modules["__main__"].__spec__, "name", None) or \
         "benchmarks." + Path(sys.argv[0]).stem
     args = []
@@ -37,13 +41,15 @@ def command(argv=None, module=None):
             p = Path(arg).resolve()
             arg = str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else "OUT"
         args.append(arg)
-    return " ".join(["python -m", module, *args])
+    launch = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("FLASH_")]
+    return " ".join([*launch, "python -m", module, *args])
 
 
 def typed(recorded):
     """A recorded command as typed: results written before this harness recorded the script's
     path and arguments without `python`."""
-    return recorded if recorded.startswith(("python", "bash", "torchrun")) else f"python {recorded}"
+    program = re.sub(r"^(\w+=\S* )*", "", recorded)  # after any VARIABLE=value in front
+    return recorded if program.startswith(("python", "bash", "torchrun")) else f"python {recorded}"
 
 
 def commit():

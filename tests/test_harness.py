@@ -1,6 +1,7 @@
 """benchmarks/harness.py: the metadata, writers, launcher and tokens/s every benchmark shares."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -10,10 +11,18 @@ from benchmarks import harness
 from tests.conftest import ROOT
 
 
-def test_command_is_what_a_user_types():
+def test_command_is_what_a_user_types(monkeypatch):
+    for var in [k for k in os.environ if k.startswith("FLASH_")]:
+        monkeypatch.delenv(var)
     argv = ["--shapes", "64x12", "--out", "/root/scratch/out", str(ROOT / "benchmarks/results/h200/x")]
     assert harness.command(argv, "benchmarks.bench_attention") == \
         "python -m benchmarks.bench_attention --shapes 64x12 --out OUT benchmarks/results/h200/x"
+    # the kernel's launch options change what is measured: they are part of the command
+    monkeypatch.setenv("FLASH_AUTOTUNE", "0")
+    assert harness.command(["--out", "/x"], "benchmarks.bench_attention") == \
+        "FLASH_AUTOTUNE=0 python -m benchmarks.bench_attention --out OUT"
+    assert harness.typed("FLASH_AUTOTUNE=0 python -m benchmarks.bench_attention") == \
+        "FLASH_AUTOTUNE=0 python -m benchmarks.bench_attention"
     assert harness.typed("benchmarks/bench_attention.py --out OUT") == "python benchmarks/bench_attention.py --out OUT"
     assert harness.typed("python -m benchmarks.reproduce OUT") == "python -m benchmarks.reproduce OUT"
 
