@@ -76,9 +76,17 @@ def run_facts(run_dir):
             "context": cfg["context"], "seed": t["seed"], "attention": cfg["attention"]["name"],
             "init_from": t.get("init_from"), "init_positions": t.get("init_positions") if t.get("init_from") else None,
             "train_tokens": (parent_tokens or 0) + steps * t["batch_tokens"], "parent_tokens": parent_tokens,
+            "schedule_tokens": (parent_tokens or 0) + t["max_steps"] * t["batch_tokens"],
             "steps": steps, "tokens_per_s": steady_tokens_per_s(rows),
             "train_time_s": max((r.get("train_time_s", 0) for r in rows), default=None),
             "curve": [[(parent_tokens or 0) + r["tokens_seen"], r["val/ppl"]] for r in rows if "val/ppl" in r]}
+
+
+def unscored(run_dir):
+    """A run whose weights are gone (a machine handed back before its scoring): its own curve and
+    speed only, nothing on the whole split. The table and the figure show it; no pairing uses it."""
+    return {**run_facts(run_dir), "val_tokens": None, "val_loss": None, "val_ppl": None, "loss_by_position": {},
+            "val_ppl_ctx1024": None, "val_ppl_sliding": None}
 
 
 def score(run_dir, val, device, attention):
@@ -103,7 +111,7 @@ def score(run_dir, val, device, attention):
 
 def summary(paths, meta):
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    keys = ("protocol", "context", "seed", "init_positions", "train_tokens", "val_tokens", "val_ppl", "val_ppl_ctx1024",
+    keys = ("protocol", "context", "seed", "init_positions", "train_tokens", "schedule_tokens", "val_tokens", "val_ppl", "val_ppl_ctx1024",
             "val_ppl_sliding", "loss_by_position", "curve", "tokens_per_s", "train_time_s", "attention", "run")
     runs = sorted(({k: r.get(k) for k in keys} for r in runs),
                   key=lambda r: (r["protocol"], r["context"], r["init_positions"] or "", r["train_tokens"], r["seed"]))
@@ -114,6 +122,7 @@ def by_config(runs):
     """Runs of one configuration and budget over seeds: each seed's ppl, and its ratio to its 1K
     baseline of the same seed and the same training tokens (the paired comparison): a staged run
     against the control (both continue the same parent), a scratch run against scratch 1024."""
+    runs = [r for r in runs if r["val_ppl"] is not None]
     ppl = {(label(r), r["seed"], r["train_tokens"]): r["val_ppl"] for r in runs}
     groups = {}
     for r in runs:
@@ -162,7 +171,8 @@ def table(summ):
              + " | ".join(f"loss {b}" for b in buckets) + " | tokens/s |",
              "|---|---|---|---|---|---|" + "---|" * len(buckets) + "---|"]
     for r in summ["runs"]:
-        lines.append(f"| {label(r)} | {r['seed']} | {r['train_tokens'] / 1e6:.0f}M | {fmt(r['val_ppl'])} | "
+        ppl = fmt(r["val_ppl"]) if r["val_ppl"] is not None else f"not scored ({stopped(r)})"
+        lines.append(f"| {label(r)} | {r['seed']} | {r['train_tokens'] / 1e6:.0f}M | {ppl} | "
                      f"{fmt(r['val_ppl_ctx1024'])} | {fmt(r['val_ppl_sliding'])} | "
                      + " | ".join(fmt(r["loss_by_position"].get(b), "{:.3f}") for b in buckets)
                      + f" | {fmt(r['tokens_per_s'], '{:,.0f}')} |")
@@ -176,17 +186,26 @@ def table(summ):
     return "\n".join(lines)
 
 
+def stopped(r):
+    """Where an unscored run's curve ends: its last evaluation, and its schedule's end when it
+    stopped before it."""
+    end = f"curve to {r['curve'][-1][0] / 1e6:.0f}M" if r["curve"] else "no curve"
+    return end + (f" of {r['schedule_tokens'] / 1e6:.0f}M" if (r.get("schedule_tokens") or 0) > r["train_tokens"] else "")
+
+
 def figures(summ, out):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r in summ["runs"]:
+    for i, r in enumerate(summ["runs"]):
+        color = f"C{i % 10}"  # one colour a run in both panels, which an unscored run is missing from
         t, ppl = zip(*r["curve"]) if r["curve"] else ((), ())
-        name = f"{label(r)}, seed {r['seed']}, {r['train_tokens'] / 1e6:.0f}M"
-        ax[0].plot([x / 1e6 for x in t], ppl, marker="o", label=name)
+        name = f"{label(r)}, seed {r['seed']}, {r['train_tokens'] / 1e6:.0f}M" + ("" if r["val_ppl"] is not None else ", not scored")
+        ax[0].plot([x / 1e6 for x in t], ppl, marker="o", label=name, color=color)
         b = r["loss_by_position"]
-        ax[1].plot(range(len(b)), list(b.values()), marker="o", label=name)
+        if b:
+            ax[1].plot(range(len(b)), list(b.values()), marker="o", label=name, color=color)
     ax[0].set(xlabel="training tokens (M)", ylabel="validation ppl (training-time evaluation, 4M targets)",
               yscale="log", title="Validation perplexity against tokens seen")
     ax[1].set(xlabel="position in the window", ylabel="validation loss (nats)", title="Loss by position (whole split)")
@@ -207,6 +226,9 @@ def main(argv=None):
     s.add_argument("--data", default="gutenberg", help="the data config the runs trained on")
     s.add_argument("--attention", default="flash")
     s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    u = sub.add_parser("unscored", help="the score file of a run whose weights are gone: its curve and speed only")
+    u.add_argument("runs", nargs="+", type=Path)
+    u.add_argument("--out", type=Path, required=True)
     m = sub.add_parser("summary", help="summary.json from the scores")
     m.add_argument("scores", nargs="+", type=Path)
     m.add_argument("--out", type=Path, required=True)
@@ -219,6 +241,11 @@ def main(argv=None):
         (a.out / "table.md").write_text(table(summ) + "\n")
         figures(summ, a.out)
         print(table(summ))
+        return
+    if a.cmd == "unscored":
+        a.out.mkdir(parents=True, exist_ok=True)
+        for run in a.runs:
+            (a.out / f"{run.name}.json").write_text(json.dumps(unscored(run), indent=1))
         return
     from data.batches import tokens
     val = tokens(data_paths(a.data)["val"])

@@ -94,3 +94,26 @@ def test_summary_table_and_figure(tmp_path):
     assert "- staged 4096 (copy): val ppl 28.40, 28.60; not paired yet" in section  # seed 2 has no control
     assert "- scratch 4096: val ppl 33.00 (seeds 1), 1.100x scratch 1024 of the same seed and tokens" in section
     assert (tmp_path / "out/table4.png").stat().st_size > 0
+
+
+def test_a_run_without_weights_shows_its_curve_and_pairs_with_nothing(tmp_path):
+    run = tmp_path / "scratch-ctx2048-seed1"   # the machine went back before it was scored
+    run.mkdir()
+    cfg = {"context": 2048, "attention": {"name": "flash"}, "wandb": {"group": "table4-scratch"},
+           "train": {"seed": 1, "batch_tokens": 65536, "max_steps": 4096, "init_from": None}}
+    (run / "config.json").write_text(json.dumps(cfg))
+    rows = [{"step": s, "tokens_seen": s * 65536, "tokens_per_s": 4e5 + s, "train_time_s": s / 10} for s in (512, 3072)]
+    rows += [{"step": s, "tokens_seen": s * 65536, "val/ppl": p} for s, p in ((512, 117.3), (3072, 31.7))]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table4.main(["unscored", str(run), "--out", str(tmp_path / "scores")])
+    facts = json.loads((tmp_path / "scores" / f"{run.name}.json").read_text())
+    assert facts["val_ppl"] is None and facts["curve"] == [[512 * 65536, 117.3], [3072 * 65536, 31.7]]
+    assert (facts["train_tokens"], facts["schedule_tokens"]) == (3072 * 65536, 4096 * 65536)
+    scored_1k = {**facts, "run": "x1", "context": 1024, "val_ppl": 31.3, "loss_by_position": {"0-63": 3.8}}
+    (tmp_path / "scores/x1.json").write_text(json.dumps(scored_1k))
+    table4.main(["summary", str(tmp_path / "scores" / f"{run.name}.json"), str(tmp_path / "scores/x1.json"),
+                 "--out", str(tmp_path / "out")])
+    summ = json.loads((tmp_path / "out/summary.json").read_text())
+    assert [c["config"] for c in summ["by_config"]] == ["scratch 1024"]   # an unscored run is no one's pair
+    assert "| scratch 2048 | 1 | 201M | not scored (curve to 201M of 268M) |" in (tmp_path / "out/table.md").read_text()
+    assert (tmp_path / "out/table4.png").stat().st_size > 0
