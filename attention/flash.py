@@ -583,9 +583,11 @@ OPTIONS = {
     "tma": ("auto", "always", "never"),  # the TMA forward: on Hopper | wherever legal (interpreter too) | never
     "wide": ("auto", "always"),          # int64 offsets where some tensor spans 2^31 elements | always
     "fast_launch": (True, False),        # reuse a compiled kernel per argument signature (see _launch)
+    "gluon": ("off", "overlap", "plain"),  # the Hopper forward in Gluon (attention/hopper.py's variants) where it applies
 }
 ENVIRONMENT = {"autotune": "FLASH_AUTOTUNE", "tuning_cache": "FLASH_TUNING_CACHE", "tma": "FLASH_TMA",
-               "wide": "FLASH_WIDE", "fast_launch": "FLASH_FAST_LAUNCH"}
+               "wide": "FLASH_WIDE", "fast_launch": "FLASH_FAST_LAUNCH",
+               "gluon": "FLASH_GLUON"}
 options = {}  # the options in force (configure)
 
 
@@ -593,8 +595,9 @@ def _from_environment():
     """Options the environment sets, each variable 0 or 1: FLASH_AUTOTUNE=0 (the GPU test grid
     would otherwise tune hundreds of shapes), FLASH_TUNING_CACHE=0 (tune in every process),
     FLASH_TMA=0 | 1 (tma never | always), FLASH_WIDE=1 (wide always), FLASH_FAST_LAUNCH=0
-    (Triton's generic launch, to time the difference)."""
-    values = {"tma": ("never", "always"), "wide": ("auto", "always")}
+    (Triton's generic launch, to time the difference), FLASH_GLUON=1 (the Gluon forward on Hopper,
+    its overlap variant; experimental: off until measured faster)."""
+    values = {"tma": ("never", "always"), "wide": ("auto", "always"), "gluon": ("off", "overlap")}
     out = {}
     for key, var in ENVIRONMENT.items():
         v = os.environ.get(var)
@@ -825,6 +828,10 @@ def _mask_args(seed, doc_start, doc_end, blocks, n_heads):
 def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, window, doc_start, doc_end, blocks_kv, blocks_q, block):
     """doc_start, doc_end: (B, N_k) int32, each key position's document bounds, or None;
     blocks_kv, blocks_q: a BlockMask's lists (attention/masks.py) of tiles of `block`, or None."""
+    if options["gluon"] != "off" and not (window or dropout_p) and doc_start is None and blocks_kv is None:
+        from attention import hopper  # imports Gluon, which older Tritons lack: only when asked for
+        if hopper.supported(q, k, v) is None:
+            return hopper.flash_fwd(q, k, v, causal, scale, variant=options["gluon"])
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
     o = torch.empty_like(q, memory_format=torch.contiguous_format)

@@ -14,7 +14,9 @@ given to every provider as documents (attention.padding_documents: SDPA and naiv
 boolean mask; providers that take no mask or no dropout report an error and are skipped).
 `flash-butterfly`: block-sparse FlashAttention (Section 3.3) on the butterfly layout of 128 x
 128 tiles (its density recorded); a block mask does not combine with the padding mask, so it
-runs without it. FLOPs count the dense N x N in every case.
+runs without it. FLOPs count the dense N x N in every case. `flash-gluon` (`-plain`): flash with the
+Hopper forward written in Gluon (attention/hopper.py's overlap or plain variant, experimental)
+where it applies, flash.py's otherwise.
 
     python -m benchmarks.bench_attention --out benchmarks/results/h200/attention
 """
@@ -73,6 +75,22 @@ def flash_butterfly_fn():
     return fn
 
 
+def flash_gluon_fn(variant):
+    """flash with its Hopper forward in Gluon (attention/hopper.py; the backward is flash.py's)
+    where that applies: the launch option set around each call, so that `flash` in the same run
+    keeps the portable forward (the option selects a forward; no compiled kernel depends on it)."""
+    from attention import flash as kernels
+    flash = get_attention("flash")
+
+    def fn(*args, **kwargs):
+        kernels.options["gluon"] = variant
+        try:
+            return flash(*args, **kwargs)
+        finally:
+            kernels.options["gluon"] = "off"
+    return fn
+
+
 def padding_kwargs(padding, batch, n, device, seed=0):
     """The keyword arguments of a padding mask (documents), or none."""
     if not padding:
@@ -85,6 +103,8 @@ def providers(names):
     table = {
         "flash": lambda: get_attention("flash"),
         "flash-butterfly": flash_butterfly_fn,
+        "flash-gluon": lambda: flash_gluon_fn("overlap"),
+        "flash-gluon-plain": lambda: flash_gluon_fn("plain"),
         "sdpa-efficient": lambda: get_attention("sdpa", kernel="efficient"),
         "flash1": lambda: get_attention("flash1"),
         "sdpa-flash": lambda: get_attention("sdpa", kernel="flash"),

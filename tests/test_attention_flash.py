@@ -355,6 +355,12 @@ def test_launch_options_one_home(launch, monkeypatch):
     with pytest.raises(ValueError, match="FLASH_TMA='yes': 0 or 1"):
         launch()
     monkeypatch.delenv("FLASH_TMA")
+    monkeypatch.setenv("FLASH_GLUON", "1")
+    launch()
+    assert flash.options["gluon"] == "overlap"
+    monkeypatch.delenv("FLASH_GLUON")
+    with pytest.raises(ValueError, match=re.escape("gluon='fa3' is not one of: off | overlap | plain")):
+        launch(gluon="fa3")
     flash._COMPILED["entry"] = flash._tuned["entry"] = None
     launch()
     assert flash.options["tma"] == "auto" and not flash._COMPILED and not flash._tuned

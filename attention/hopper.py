@@ -1,0 +1,262 @@
+"""FlashAttention's forward pass on Hopper, written in Gluon (Triton's lower level): issue 25's
+first steps. Experimental, off unless asked for: flash.py takes it with
+`attention.options.gluon=overlap|plain` (FLASH_GLUON=1: overlap) where `supported` allows, and
+`benchmarks.bench_attention --providers flash-gluon,flash-gluon-plain` measures it beside our
+portable kernel (attention/flash.py) and SDPA's. Compiled for sm90 in CPU tests; not yet run on
+a GPU (benchmarks/results/h200/notes.md has the prediction and the first commands).
+
+The algorithm is flash.py's forward (FlashAttention-2, Algorithm 1 of the FA2 paper):
+
+    for each query tile Q_i (B_r rows), kept in shared memory:
+        m = -inf, l = 0, O = 0
+        for each key tile K_j, V_j (B_c rows) it may see:
+            S = s Q_i K_j^T                    (one warpgroup MMA, fp32 accumulator)
+            m' = max(m, rowmax(S)),  P = exp(S - m'),  l = exp(m - m') l + rowsum(P)
+            O = exp(m - m') O + P V_j          (P from registers, V_j from shared memory)
+            m = m'
+        O_i = O / l,   LSE_i = m + log l
+
+What Gluon adds over flash.py, and where each FlashAttention-3 technique sits (FA3, Shah et
+al. 2024, Section 3):
+- TMA: Q_i, K_j and V_j arrive through tensor-memory-accelerator copies, signalled on
+  mbarriers; O_i leaves through one.
+- Rings of STAGES K and V buffers: copies run ahead of the tile being computed on, so loads
+  overlap the matmuls (FA3's producer role, here issued by the same warps instead of a
+  dedicated producer warp).
+- wgmma (`warpgroup_mma`): S and P V are asynchronous warpgroup MMAs reading K_j and V_j from
+  shared memory; P is passed from registers, as in FA3.
+- The `overlap` variant: FA3's intra-warpgroup pipelining (its Algorithm 2), the softmax of
+  tile j computed while the wgmma of P_{j-1} V_{j-1} runs. The `plain` variant waits for each
+  wgmma before the next step: the two measure what the overlap is worth.
+- Not yet here (the issue's next steps): warp specialization (a producer warp and two consumer
+  warpgroups in ping-pong) and the one-kernel backward. Until then the backward is flash.py's.
+
+Supported: bf16 / fp16, head dim 64 or 128, N_q = N_k a multiple of 128, causal or not,
+no dropout and no masks; `supported` says so for a given call. The layout is flash.py's, (B, N,
+H, d), including views of packed QKV: each of Q, K, V, O is seen as a (B N) x (H d) matrix,
+whose [B_r, d] tile at (b N + i B_r, h d) is head h's tile i.
+"""
+
+import math
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+from triton.runtime.jit import constexpr_function
+
+# TMA copies: Triton 3.6 (the GPU image's) names them async_copy_global_to_shared /
+# async_copy_shared_to_global, later Tritons async_load / async_store.
+tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+
+HEAD_DIMS = (64, 128)
+DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
+# Per variant and head dim: the tiles (B_r query rows over 8 warps, two warpgroups of 64 rows),
+# the key/value rings' depth, and the warps. The overlap variant keeps two S-sized tiles
+# live (S_j and P_{j-1}), hence B_c = 64 at d = 128.
+VARIANTS = ("overlap", "plain")
+TILES = {"plain": {64: dict(B_r=128, B_c=128, STAGES=3, num_warps=8), 128: dict(B_r=128, B_c=128, STAGES=2, num_warps=8)},
+         "overlap": {64: dict(B_r=128, B_c=128, STAGES=2, num_warps=8), 128: dict(B_r=128, B_c=64, STAGES=3, num_warps=8)}}
+LOG2E = 1.0 / math.log(2.0)
+
+
+@constexpr_function
+def mma_layout(num_warps, n):
+    """A wgmma accumulator's layout: warps stacked along the rows (16 rows a warp), one
+    instruction spanning the tile's n columns (B_c for S, d for O); k = 16 for 16-bit inputs."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, n, 16])
+
+
+@gluon.jit
+def _online_softmax(S, m_i, l_i, rows, i, j, qk_scale, B_r: gl.constexpr, B_c: gl.constexpr, CAUSAL: gl.constexpr):
+    """Tile j's scores S (fp32, unscaled) into P = exp(S - m'), with the running max m and sum l
+    updated; alpha = exp(m - m') rescales what O holds. Base 2 throughout (qk_scale = s log2 e)."""
+    S = S * qk_scale
+    if CAUSAL:
+        if (j + 1) * B_c > i * B_r:  # a tile on the diagonal: mask the keys after each query
+            cols = j * B_c + gl.arange(0, B_c, layout=gl.SliceLayout(0, S.type.layout))
+            S = gl.where(gl.expand_dims(rows, 1) >= gl.expand_dims(cols, 0), S, -float("inf"))
+    m_new = gl.maximum(m_i, gl.max(S, axis=1))  # finite: every row sees key 0
+    alpha = gl.exp2(m_i - m_new)
+    P = gl.exp2(S - gl.expand_dims(m_new, 1))
+    return P, m_new, l_i * alpha + gl.sum(P, axis=1), alpha
+
+
+@gluon.jit
+def _epilogue(acc, m_i, l_i, rows, O_desc, O_smem, LSE, bh, N, row, col):
+    """O_i = O / l out through TMA (O_smem: a free [B_r, d] buffer), LSE_i = m + log l in
+    natural log, as flash.py's backward reads it (m is in base-2 units)."""
+    O = acc / gl.expand_dims(gl.convert_layout(l_i, gl.SliceLayout(1, acc.type.layout)), 1)
+    O_smem.store(O.to(O_desc.dtype))
+    fence_async_shared()
+    tma_store(O_desc, [row, col], O_smem)
+    gl.store(LSE + bh * N + rows, (m_i + gl.log2(l_i)) * 0.6931471805599453)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _load(desc, row, col, bar, buffer, ok):
+    """One tile through TMA into `buffer`, signalled on `bar` (nothing when not ok)."""
+    mbarrier.expect(bar, desc.block_type.nbytes, pred=ok)
+    tma_load(desc, [row, col], bar, buffer, pred=ok)
+
+
+@gluon.jit
+def fa3_fwd_kernel(Q_desc, K_desc, V_desc, O_desc, LSE, N, H, qk_scale,
+                   CAUSAL: gl.constexpr, OVERLAP: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+    B_r: gl.constexpr = Q_desc.block_type.shape[0]
+    D: gl.constexpr = Q_desc.block_type.shape[1]
+    B_c: gl.constexpr = K_desc.block_type.shape[0]
+    dtype: gl.constexpr = Q_desc.dtype
+    i = gl.program_id(0)            # the query tile
+    bh = gl.program_id(1)           # batch x heads
+    row0 = (bh // H) * N            # this batch's first row in the (B N) x (H d) matrices
+    col = (bh % H) * D              # this head's first column
+    S_layout: gl.constexpr = mma_layout(num_warps, B_c)
+    O_layout: gl.constexpr = mma_layout(num_warps, D)
+    P_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_layout, k_width=2)  # P as wgmma's A
+    row_S: gl.constexpr = gl.SliceLayout(1, S_layout)
+    row_O: gl.constexpr = gl.SliceLayout(1, O_layout)
+
+    # Shared memory: Q_i, and rings of STAGES tiles for K and for V, each buffer with its
+    # mbarrier (K_j's buffer frees after S_j, V_j's after P_j V_j: in the overlap schedule
+    # those are different moments).
+    Q_smem = gl.allocate_shared_memory(dtype, [B_r, D], Q_desc.layout)
+    K_smem = gl.allocate_shared_memory(dtype, [STAGES, B_c, D], K_desc.layout)
+    V_smem = gl.allocate_shared_memory(dtype, [STAGES, B_c, D], V_desc.layout)
+    Q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    K_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    V_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(Q_bar, count=1)
+    for r in gl.static_range(STAGES):
+        mbarrier.init(K_bar.index(r), count=1)
+        mbarrier.init(V_bar.index(r), count=1)
+
+    # Key tiles this query tile sees: all, or under the causal mask those up to its diagonal
+    # (N is a multiple of B_r and B_c).
+    if CAUSAL:
+        n_tiles = gl.cdiv((i + 1) * B_r, B_c)
+    else:
+        n_tiles = N // B_c
+    _load(Q_desc, row0 + i * B_r, col, Q_bar, Q_smem, True)
+    AHEAD: gl.constexpr = STAGES if OVERLAP else STAGES - 1  # tiles in flight before tile 0 is used
+    for r in gl.static_range(AHEAD):
+        _load(K_desc, row0 + r * B_c, col, K_bar.index(r), K_smem.index(r), r < n_tiles)
+        _load(V_desc, row0 + r * B_c, col, V_bar.index(r), V_smem.index(r), r < n_tiles)
+
+    rows = i * B_r + gl.arange(0, B_r, layout=row_S)
+    m_i = gl.full([B_r], -float("inf"), gl.float32, layout=row_S)
+    l_i = gl.zeros([B_r], gl.float32, layout=row_S)
+    acc = gl.zeros([B_r, D], gl.float32, layout=O_layout)
+    S_zero = gl.zeros([B_r, B_c], gl.float32, S_layout)
+    mbarrier.wait(Q_bar, 0)
+    if OVERLAP:
+        # FA3's intra-warpgroup overlap (its Algorithm 2): S_j = Q K_j^T and O += P_{j-1} V_{j-1}
+        # are issued together; the softmax of S_j runs while the P V wgmma does, and O is
+        # rescaled by alpha_j once that is done. Tile 0's S and softmax come first.
+        mbarrier.wait(K_bar.index(0), 0)
+        S = warpgroup_mma(Q_smem, K_smem.index(0).permute((1, 0)), S_zero, use_acc=False, is_async=True)
+        S = warpgroup_mma_wait(num_outstanding=0, deps=(S, ))
+        _load(K_desc, row0 + STAGES * B_c, col, K_bar.index(0), K_smem.index(0), STAGES < n_tiles)
+        P, m_i, l_i, alpha = _online_softmax(S, m_i, l_i, rows, i, 0, qk_scale, B_r, B_c, CAUSAL)
+        for j in range(1, n_tiles):
+            s = j % STAGES
+            sp = (j - 1) % STAGES
+            mbarrier.wait(K_bar.index(s), (j // STAGES) & 1)
+            S = warpgroup_mma(Q_smem, K_smem.index(s).permute((1, 0)), S_zero, use_acc=False, is_async=True)
+            mbarrier.wait(V_bar.index(sp), ((j - 1) // STAGES) & 1)
+            P_op = gl.convert_layout(P.to(dtype), P_layout)
+            acc = warpgroup_mma(P_op, V_smem.index(sp), acc, is_async=True)
+            S = warpgroup_mma_wait(num_outstanding=1, deps=(S, ))  # S_j done; the P V wgmma may still run
+            _load(K_desc, row0 + (j + STAGES) * B_c, col, K_bar.index(s), K_smem.index(s), j + STAGES < n_tiles)
+            P, m_i, l_i, alpha = _online_softmax(S, m_i, l_i, rows, i, j, qk_scale, B_r, B_c, CAUSAL)
+            acc, P_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, P_op))
+            _load(V_desc, row0 + (j - 1 + STAGES) * B_c, col, V_bar.index(sp), V_smem.index(sp),
+                  j - 1 + STAGES < n_tiles)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_O), 1)
+        last = n_tiles - 1
+        mbarrier.wait(V_bar.index(last % STAGES), (last // STAGES) & 1)
+        acc = warpgroup_mma(gl.convert_layout(P.to(dtype), P_layout), V_smem.index(last % STAGES), acc,
+                            is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+    else:
+        for j in range(n_tiles):
+            # The copies of tile j + STAGES - 1 go into the buffers tile j - 1 used: its
+            # wgmmas were waited for at the end of the last iteration.
+            ahead = j + STAGES - 1
+            _load(K_desc, row0 + ahead * B_c, col, K_bar.index(ahead % STAGES), K_smem.index(ahead % STAGES),
+                  ahead < n_tiles)
+            _load(V_desc, row0 + ahead * B_c, col, V_bar.index(ahead % STAGES), V_smem.index(ahead % STAGES),
+                  ahead < n_tiles)
+            s = j % STAGES
+            mbarrier.wait(K_bar.index(s), (j // STAGES) & 1)
+            # S = Q K_j^T (K_j transposed as a view of shared memory: wgmma reads it so)
+            S = warpgroup_mma(Q_smem, K_smem.index(s).permute((1, 0)), S_zero, use_acc=False, is_async=True)
+            S = warpgroup_mma_wait(num_outstanding=0, deps=(S, ))
+            P, m_i, l_i, alpha = _online_softmax(S, m_i, l_i, rows, i, j, qk_scale, B_r, B_c, CAUSAL)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_O), 1)
+            mbarrier.wait(V_bar.index(s), (j // STAGES) & 1)
+            acc = warpgroup_mma(gl.convert_layout(P.to(dtype), P_layout), V_smem.index(s), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+
+    _epilogue(acc, m_i, l_i, rows, O_desc, Q_smem, LSE, bh, N, row0 + i * B_r, col)  # Q's buffer is free now
+    mbarrier.invalidate(Q_bar)
+    for r in gl.static_range(STAGES):
+        mbarrier.invalidate(K_bar.index(r))
+        mbarrier.invalidate(V_bar.index(r))
+
+
+def supported(q, k, v, dropout_p=0.0, masks=False, capability=None):
+    """Whether this path computes the call: None if so, else the reason it does not.
+    capability: the GPU's (major, minor), asked of q's device when not given."""
+    if capability is None:
+        capability = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else None
+    if capability is None or capability[0] != 9:
+        return "needs a Hopper GPU (sm90)"
+    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"dtype {q.dtype}: bf16 or fp16"
+    B, N, H, D = q.shape
+    if D not in HEAD_DIMS:
+        return f"head dim {D}: {' or '.join(map(str, HEAD_DIMS))}"
+    if k.shape != q.shape or v.shape != q.shape:
+        return "N_q != N_k or other shapes"
+    if N % 128:  # every variant's B_r and B_c divide 128
+        return f"N={N}: a multiple of 128"
+    if dropout_p or masks:
+        return "dropout and masks: not yet"
+    for x in (q, k, v):
+        if x.stride(3) != 1 or x.stride(2) != D or x.stride(0) != N * x.stride(1) or x.data_ptr() % 16:
+            return "a layout TMA cannot read as (B N) x (H d) rows"
+    return None
+
+
+def _matrix(x, block_rows):
+    """x (B, N, H, d) as its (B N) x (H d) matrix, tiles of block_rows x d."""
+    B, N, H, D = x.shape
+    layout = gl.NVMMASharedLayout.get_default_for([block_rows, D], DTYPES[x.dtype])
+    return TensorDescriptor(x, [B * N, H * D], [x.stride(1), 1], [block_rows, D], layout)
+
+
+def descriptors(q, k, v, o, variant=VARIANTS[0]):
+    t = TILES[variant][q.shape[-1]]
+    return _matrix(q, t["B_r"]), _matrix(k, t["B_c"]), _matrix(v, t["B_c"]), _matrix(o, t["B_r"])
+
+
+def flash_fwd(q, k, v, causal=False, scale=None, variant=VARIANTS[0]):
+    """O (B, N, H, d) and LSE (B, H, N) fp32 of softmax(s Q K^T) V, for q, k, v (B, N, H, d);
+    variant: "overlap" (softmax overlapped with the MMAs) or "plain"."""
+    reason = supported(q, k, v)
+    if reason:
+        raise ValueError(f"attention.hopper: {reason}")
+    B, N, H, D = q.shape
+    scale = D ** -0.5 if scale is None else scale
+    o = torch.empty(B, N, H, D, device=q.device, dtype=q.dtype)
+    lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
+    t = TILES[variant][D]
+    grid = (N // t["B_r"], B * H)
+    fa3_fwd_kernel[grid](*descriptors(q, k, v, o, variant), lse, N, H, scale * LOG2E, CAUSAL=causal,
+                         OVERLAP=variant == "overlap", STAGES=t["STAGES"], num_warps=t["num_warps"])
+    return o, lse

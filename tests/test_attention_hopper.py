@@ -1,0 +1,145 @@
+"""attention/hopper.py, the Gluon forward for Hopper: on the CPU, which calls it takes (the
+dispatch rules) and that each variant compiles for sm90 through ptxas; on a Hopper GPU, the
+grid's criterion (error at most 2x the same-dtype reference's, outputs and gradients, the
+backward being flash.py's) with the Gluon forward switched on and seen to run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import GPU, INTERPRET, ROOT
+
+hopper = pytest.importorskip("attention.hopper", reason="this Triton has no Gluon")
+HOPPER = GPU and torch.cuda.get_device_capability()[0] == 9
+DEVICE = "cuda" if GPU else "cpu"
+
+
+def qkv(B=2, N=1024, H=3, D=64, dtype=torch.bfloat16, packed=False):
+    if packed:  # views of the fused projection's output, (B, N, 3, H, d)
+        return torch.zeros(B, N, 3, H, D, dtype=dtype).unbind(2)
+    return [torch.zeros(B, N, H, D, dtype=dtype) for _ in range(3)]
+
+
+def test_which_calls_it_takes():
+    sm90 = (9, 0)
+    assert hopper.supported(*qkv(), capability=sm90) is None
+    assert hopper.supported(*qkv(D=128, dtype=torch.float16, packed=True), capability=sm90) is None
+    assert "Hopper" in hopper.supported(*qkv(), capability=(8, 0))
+    assert "Hopper" in hopper.supported(*qkv())  # CPU tensors: no GPU asked
+    assert "head dim 96" in hopper.supported(*qkv(D=96), capability=sm90)
+    assert "dtype" in hopper.supported(*qkv(dtype=torch.float32), capability=sm90)
+    assert "N=1000" in hopper.supported(*qkv(N=1000), capability=sm90)
+    q, k, v = qkv()
+    assert "N_q != N_k" in hopper.supported(q, k[:, :512], v[:, :512], capability=sm90)
+    assert "dropout" in hopper.supported(q, k, v, dropout_p=0.1, capability=sm90)
+    assert "layout" in hopper.supported(q.transpose(1, 2).contiguous().transpose(1, 2), k, v, capability=sm90)
+    with pytest.raises(ValueError, match="attention.hopper: needs a Hopper GPU"):
+        hopper.flash_fwd(q, k, v)
+
+
+@pytest.mark.skipif(not (GPU or INTERPRET), reason="needs a CUDA GPU or TRITON_INTERPRET=1")
+def test_flash_takes_the_gluon_forward_only_where_it_applies(monkeypatch):
+    """attention.options.gluon routes flash's forward to attention/hopper.py when `supported`
+    says yes and no dropout, window, documents or block mask is asked for; the portable forward
+    otherwise (on this machine `supported` says no, so the outputs must be the portable ones)."""
+    from attention import flash, get_attention
+    q, k, v = (torch.randn(1, 32, 2, 16, device=DEVICE, dtype=torch.float16) for _ in range(3))
+    fn = get_attention("flash", gluon="plain")
+    try:
+        expected = flash._flash2_fwd(q, k, v, flash.zero_seed(q.device), True, 0.0, 0.25, 0, None, None, None, None, 128)
+        calls = []
+        monkeypatch.setattr(hopper, "flash_fwd", lambda *a, **kw: calls.append(kw) or expected)
+        assert torch.equal(fn(q, k, v, causal=True), expected[0]) and not calls  # not Hopper: the portable path
+        monkeypatch.setattr(hopper, "supported", lambda *a, **kw: None)
+        fn(q, k, v, causal=True)
+        assert calls == [{"variant": "plain"}]
+        fn(q, k, v, causal=True, window=8)
+        fn(q, k, v, causal=True, dropout_p=0.1)
+        assert len(calls) == 1  # masks and dropout stay on the portable path
+    finally:
+        flash.configure()
+
+
+def compile_for_sm90(variant, D, causal):
+    """The kernel through Gluon, the NVIDIA backend and ptxas for sm90, no GPU needed: what a
+    check reads of it. Run without TRITON_INTERPRET, which would hand Gluon interpreted helpers."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+    q = qkv(D=D)[0]
+    tiles = hopper.TILES[variant][D]
+    descs = dict(zip(["Q_desc", "K_desc", "V_desc", "O_desc"], hopper.descriptors(q, q, q, q, variant)))
+    signature = {**{k: mangle_type(v) for k, v in descs.items()}, "LSE": "*fp32", "N": "i32", "H": "i32",
+                 "qk_scale": "fp32", "CAUSAL": "constexpr", "OVERLAP": "constexpr", "STAGES": "constexpr",
+                 "num_warps": "constexpr"}
+    src = GluonASTSource(hopper.fa3_fwd_kernel, signature=signature,
+                         constexprs={"CAUSAL": causal, "OVERLAP": variant == "overlap", "STAGES": tiles["STAGES"],
+                                     "num_warps": tiles["num_warps"]})
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": tiles["num_warps"]})
+    ptx = kernel.asm["ptx"]
+    return {"cubin": len(kernel.asm["cubin"]), "wgmma": "wgmma.mma_async" in ptx, "tma": "cp.async.bulk.tensor" in ptx,
+            "shared": kernel.metadata.shared}
+
+
+CASES = [(variant, D, causal) for variant in hopper.VARIANTS for D in hopper.HEAD_DIMS for causal in (False, True)]
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """Every variant compiled in one process without the interpreter."""
+    code = ("import json; from tests.test_attention_hopper import CASES, compile_for_sm90; "
+            "print(json.dumps([compile_for_sm90(*c) for c in CASES]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "TRITON_INTERPRET": "0"},
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return dict(zip(CASES, json.loads(out.stdout.strip().splitlines()[-1])))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_compiles_for_sm90(compiled, case):
+    """TMA copies and wgmma in the PTX, a cubin from ptxas, within Hopper's shared memory."""
+    k = compiled[case]
+    assert k["cubin"] and k["wgmma"] and k["tma"]
+    assert k["shared"] <= 227 * 1024
+
+
+@pytest.fixture(params=hopper.VARIANTS)
+def gluon_on(monkeypatch, request):
+    """flash with the Gluon forward on, counting the calls that took it."""
+    from attention import flash
+    calls = []
+    real = hopper.flash_fwd
+    monkeypatch.setattr(hopper, "flash_fwd", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    flash.configure(gluon=request.param)
+    yield calls
+    flash.configure()
+
+
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("D", hopper.HEAD_DIMS)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("N", [128, 1024, 4096])
+def test_matches_reference_on_hopper(gluon_on, dtype, D, causal, N):
+    from tests.test_attention_flash import _errors
+    for name, (ours, naive, floor) in zip(["out", "dq", "dk", "dv"], _errors("flash", dtype, D, causal, N, N, 0.0)):
+        assert ours == ours, f"{name}: NaN"
+        assert ours <= 2 * naive + floor, f"{name}: error {ours:.2e} > 2 x naive {naive:.2e} + {floor:.1e}"
+    assert gluon_on, "the Gluon forward did not run"
+
+
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("variant", hopper.VARIANTS)
+def test_lse_matches_the_portable_kernel(variant):
+    from attention import flash
+    q, k, v = (torch.randn(2, 2048, 4, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    o, lse = hopper.flash_fwd(q, k, v, causal=True, variant=variant)
+    o_ref, lse_ref = flash._flash2_fwd(q, k, v, flash.zero_seed(q.device), True, 0.0, 128 ** -0.5, 0, None, None,
+                                       None, None, 128)
+    torch.testing.assert_close(lse, lse_ref, rtol=0, atol=1e-4)
+    torch.testing.assert_close(o, o_ref, rtol=0, atol=2e-2)
