@@ -1,7 +1,8 @@
 """FlashAttention's forward pass on Hopper, written in Gluon (Triton's lower level): issue 25's
 first steps. Experimental, off unless asked for: flash.py takes it with
-`attention.options.gluon=overlap|plain` (FLASH_GLUON=1: overlap) where `supported` allows, and
-`benchmarks.bench_attention --providers flash-gluon,flash-gluon-plain` measures it beside our
+`attention.options.gluon=overlap|plain|specialized` (FLASH_GLUON=1: overlap) where `supported`
+allows, and `benchmarks.bench_attention --providers flash-gluon,flash-gluon-plain,
+flash-gluon-specialized` measures it beside our
 portable kernel (attention/flash.py) and SDPA's. Compiled for sm90 in CPU tests; not yet run on
 a GPU (benchmarks/results/h200/notes.md has the prediction and the first commands).
 
@@ -21,15 +22,18 @@ al. 2024, Section 3):
 - TMA: Q_i, K_j and V_j arrive through tensor-memory-accelerator copies, signalled on
   mbarriers; O_i leaves through one.
 - Rings of STAGES K and V buffers: copies run ahead of the tile being computed on, so loads
-  overlap the matmuls (FA3's producer role, here issued by the same warps instead of a
-  dedicated producer warp).
+  overlap the matmuls.
 - wgmma (`warpgroup_mma`): S and P V are asynchronous warpgroup MMAs reading K_j and V_j from
   shared memory; P is passed from registers, as in FA3.
 - The `overlap` variant: FA3's intra-warpgroup pipelining (its Algorithm 2), the softmax of
   tile j computed while the wgmma of P_{j-1} V_{j-1} runs. The `plain` variant waits for each
   wgmma before the next step: the two measure what the overlap is worth.
-- Not yet here (the issue's next steps): warp specialization (a producer warp and two consumer
-  warpgroups in ping-pong) and the one-kernel backward. Until then the backward is flash.py's.
+- The `specialized` variant: FA3's warp specialization (its Section 3.1), a producer warp that
+  only issues the TMA copies as buffers free up, beside the consumer warps running the
+  overlap schedule (registers reallocated between them by `gl.warp_specialize`).
+- Not yet here (the issue's next steps): ping-pong between the two consumer warpgroups (here
+  they work as one on a 128-row tile) and the one-kernel backward. Until then the backward is
+  flash.py's.
 
 Supported: bf16 / fp16, head dim 64 or 128, N_q = N_k a multiple of 128, causal or not,
 no dropout and no masks; `supported` says so for a given call. The layout is flash.py's, (B, N,
@@ -57,9 +61,10 @@ DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 # Per variant and head dim: the tiles (B_r query rows over 8 warps, two warpgroups of 64 rows),
 # the key/value rings' depth, and the warps. The overlap variant keeps two S-sized tiles
 # live (S_j and P_{j-1}), hence B_c = 64 at d = 128.
-VARIANTS = ("overlap", "plain")
+VARIANTS = ("overlap", "plain", "specialized")
 TILES = {"plain": {64: dict(B_r=128, B_c=128, STAGES=3, num_warps=8), 128: dict(B_r=128, B_c=128, STAGES=2, num_warps=8)},
          "overlap": {64: dict(B_r=128, B_c=128, STAGES=2, num_warps=8), 128: dict(B_r=128, B_c=64, STAGES=3, num_warps=8)}}
+TILES["specialized"] = TILES["overlap"]
 LOG2E = 1.0 / math.log(2.0)
 
 
@@ -105,8 +110,89 @@ def _load(desc, row, col, bar, buffer, ok):
 
 
 @gluon.jit
+def _release(desc, row, col, ready, free, buffer, ok, SPECIALIZED: gl.constexpr):
+    """A K or V buffer the consumer is done with: under warp specialization, tell the producer
+    warp (`free`); otherwise issue the copy of the tile STAGES ahead into it ourselves."""
+    if SPECIALIZED:
+        mbarrier.arrive(free, count=1)
+    else:
+        _load(desc, row, col, ready, buffer, ok)
+
+
+@gluon.jit
+def _overlap_consumer(Q_smem, K_smem, V_smem, Q_bar, K_bar, V_bar, K_free, V_free, K_desc, V_desc, row0, col, i,
+                      n_tiles, qk_scale, B_r: gl.constexpr, CAUSAL: gl.constexpr, SPECIALIZED: gl.constexpr):
+    """FA3's intra-warpgroup overlap (its Algorithm 2): S_j = Q K_j^T and O += P_{j-1} V_{j-1}
+    are issued together; the softmax of S_j runs while the P V wgmma does, and O is rescaled by
+    alpha_j once that is done. Tile 0's S and softmax come first. Returns O (unnormalized), m, l."""
+    STAGES: gl.constexpr = K_smem.type.shape[0]
+    B_c: gl.constexpr = K_smem.type.shape[1]
+    D: gl.constexpr = K_smem.type.shape[2]
+    dtype: gl.constexpr = K_smem.dtype
+    S_layout: gl.constexpr = mma_layout(gl.num_warps(), B_c)
+    O_layout: gl.constexpr = mma_layout(gl.num_warps(), D)
+    P_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_layout, k_width=2)  # P as wgmma's A
+    row_S: gl.constexpr = gl.SliceLayout(1, S_layout)
+    rows = i * B_r + gl.arange(0, B_r, layout=row_S)
+    S_zero = gl.zeros([B_r, B_c], gl.float32, S_layout)
+    acc = gl.zeros([B_r, D], gl.float32, layout=O_layout)
+
+    mbarrier.wait(Q_bar, 0)
+    mbarrier.wait(K_bar.index(0), 0)
+    S = warpgroup_mma(Q_smem, K_smem.index(0).permute((1, 0)), S_zero, use_acc=False, is_async=True)
+    S = warpgroup_mma_wait(num_outstanding=0, deps=(S, ))
+    _release(K_desc, row0 + STAGES * B_c, col, K_bar.index(0), K_free.index(0), K_smem.index(0), STAGES < n_tiles,
+             SPECIALIZED)
+    P, m_i, l_i, alpha = _online_softmax(S, gl.full([B_r], -float("inf"), gl.float32, layout=row_S),
+                                         gl.zeros([B_r], gl.float32, layout=row_S), rows, i, 0, qk_scale, B_r, B_c,
+                                         CAUSAL)
+    for j in range(1, n_tiles):
+        s = j % STAGES
+        sp = (j - 1) % STAGES
+        mbarrier.wait(K_bar.index(s), (j // STAGES) & 1)
+        S = warpgroup_mma(Q_smem, K_smem.index(s).permute((1, 0)), S_zero, use_acc=False, is_async=True)
+        mbarrier.wait(V_bar.index(sp), ((j - 1) // STAGES) & 1)
+        P_op = gl.convert_layout(P.to(dtype), P_layout)
+        acc = warpgroup_mma(P_op, V_smem.index(sp), acc, is_async=True)
+        S = warpgroup_mma_wait(num_outstanding=1, deps=(S, ))  # S_j done; the P V wgmma may still run
+        _release(K_desc, row0 + (j + STAGES) * B_c, col, K_bar.index(s), K_free.index(s), K_smem.index(s),
+                 j + STAGES < n_tiles, SPECIALIZED)
+        P, m_i, l_i, alpha = _online_softmax(S, m_i, l_i, rows, i, j, qk_scale, B_r, B_c, CAUSAL)
+        acc, P_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, P_op))
+        _release(V_desc, row0 + (j - 1 + STAGES) * B_c, col, V_bar.index(sp), V_free.index(sp), V_smem.index(sp),
+                 j - 1 + STAGES < n_tiles, SPECIALIZED)
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, O_layout)), 1)
+    last = n_tiles - 1
+    mbarrier.wait(V_bar.index(last % STAGES), (last // STAGES) & 1)
+    acc = warpgroup_mma(gl.convert_layout(P.to(dtype), P_layout), V_smem.index(last % STAGES), acc, is_async=True)
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+    return acc, m_i, l_i
+
+
+@gluon.jit
+def _producer(Q_desc, K_desc, V_desc, Q_smem, K_smem, V_smem, Q_bar, K_bar, V_bar, K_free, V_free, row0, col, i,
+              n_tiles):
+    """The producer warp of the warp-specialized schedule (FA3 Section 3.1): Q_i, then K_j and
+    V_j into their rings as the consumer frees buffers. A fresh mbarrier counts as having
+    completed phase 1, so the first pass through the rings waits for nothing."""
+    STAGES: gl.constexpr = K_smem.type.shape[0]
+    B_c: gl.constexpr = K_smem.type.shape[1]
+    _load(Q_desc, row0 + i * Q_smem.type.shape[0], col, Q_bar, Q_smem, True)
+    for j in range(n_tiles):
+        s = j % STAGES
+        phase = (j // STAGES) & 1
+        mbarrier.wait(K_free.index(s), phase ^ 1)
+        _load(K_desc, row0 + j * B_c, col, K_bar.index(s), K_smem.index(s), True)
+        mbarrier.wait(V_free.index(s), phase ^ 1)
+        _load(V_desc, row0 + j * B_c, col, V_bar.index(s), V_smem.index(s), True)
+
+
+@gluon.jit
 def fa3_fwd_kernel(Q_desc, K_desc, V_desc, O_desc, LSE, N, H, qk_scale,
-                   CAUSAL: gl.constexpr, OVERLAP: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+                   CAUSAL: gl.constexpr, SCHEDULE: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """SCHEDULE: "plain" (each wgmma waited for before the next step), "overlap" (FA3's
+    softmax / wgmma overlap, loads issued by the same warps) or "specialized" (the overlap
+    schedule in the consumer warps, loads in a producer warp of their own)."""
     B_r: gl.constexpr = Q_desc.block_type.shape[0]
     D: gl.constexpr = Q_desc.block_type.shape[1]
     B_c: gl.constexpr = K_desc.block_type.shape[0]
@@ -115,25 +201,24 @@ def fa3_fwd_kernel(Q_desc, K_desc, V_desc, O_desc, LSE, N, H, qk_scale,
     bh = gl.program_id(1)           # batch x heads
     row0 = (bh // H) * N            # this batch's first row in the (B N) x (H d) matrices
     col = (bh % H) * D              # this head's first column
-    S_layout: gl.constexpr = mma_layout(num_warps, B_c)
-    O_layout: gl.constexpr = mma_layout(num_warps, D)
-    P_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_layout, k_width=2)  # P as wgmma's A
-    row_S: gl.constexpr = gl.SliceLayout(1, S_layout)
-    row_O: gl.constexpr = gl.SliceLayout(1, O_layout)
+    SPECIALIZED: gl.constexpr = SCHEDULE == "specialized"
 
-    # Shared memory: Q_i, and rings of STAGES tiles for K and for V, each buffer with its
-    # mbarrier (K_j's buffer frees after S_j, V_j's after P_j V_j: in the overlap schedule
-    # those are different moments).
+    # Shared memory: Q_i, and rings of STAGES tiles for K and for V, each buffer with an
+    # mbarrier that says it is loaded (K_bar, V_bar) and, under warp specialization, one that
+    # says it is free again (K_free, V_free). K_j's buffer frees after S_j, V_j's after P_j V_j:
+    # in the overlap schedules those are different moments.
     Q_smem = gl.allocate_shared_memory(dtype, [B_r, D], Q_desc.layout)
     K_smem = gl.allocate_shared_memory(dtype, [STAGES, B_c, D], K_desc.layout)
     V_smem = gl.allocate_shared_memory(dtype, [STAGES, B_c, D], V_desc.layout)
     Q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     K_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     V_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    K_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    V_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(Q_bar, count=1)
     for r in gl.static_range(STAGES):
-        mbarrier.init(K_bar.index(r), count=1)
-        mbarrier.init(V_bar.index(r), count=1)
+        for bar in gl.static_range(4):
+            mbarrier.init((K_bar, V_bar, K_free, V_free)[bar].index(r), count=1)
 
     # Key tiles this query tile sees: all, or under the causal mask those up to its diagonal
     # (N is a multiple of B_r and B_c).
@@ -141,72 +226,57 @@ def fa3_fwd_kernel(Q_desc, K_desc, V_desc, O_desc, LSE, N, H, qk_scale,
         n_tiles = gl.cdiv((i + 1) * B_r, B_c)
     else:
         n_tiles = N // B_c
-    _load(Q_desc, row0 + i * B_r, col, Q_bar, Q_smem, True)
-    AHEAD: gl.constexpr = STAGES if OVERLAP else STAGES - 1  # tiles in flight before tile 0 is used
-    for r in gl.static_range(AHEAD):
-        _load(K_desc, row0 + r * B_c, col, K_bar.index(r), K_smem.index(r), r < n_tiles)
-        _load(V_desc, row0 + r * B_c, col, V_bar.index(r), V_smem.index(r), r < n_tiles)
-
-    rows = i * B_r + gl.arange(0, B_r, layout=row_S)
-    m_i = gl.full([B_r], -float("inf"), gl.float32, layout=row_S)
-    l_i = gl.zeros([B_r], gl.float32, layout=row_S)
-    acc = gl.zeros([B_r, D], gl.float32, layout=O_layout)
-    S_zero = gl.zeros([B_r, B_c], gl.float32, S_layout)
-    mbarrier.wait(Q_bar, 0)
-    if OVERLAP:
-        # FA3's intra-warpgroup overlap (its Algorithm 2): S_j = Q K_j^T and O += P_{j-1} V_{j-1}
-        # are issued together; the softmax of S_j runs while the P V wgmma does, and O is
-        # rescaled by alpha_j once that is done. Tile 0's S and softmax come first.
-        mbarrier.wait(K_bar.index(0), 0)
-        S = warpgroup_mma(Q_smem, K_smem.index(0).permute((1, 0)), S_zero, use_acc=False, is_async=True)
-        S = warpgroup_mma_wait(num_outstanding=0, deps=(S, ))
-        _load(K_desc, row0 + STAGES * B_c, col, K_bar.index(0), K_smem.index(0), STAGES < n_tiles)
-        P, m_i, l_i, alpha = _online_softmax(S, m_i, l_i, rows, i, 0, qk_scale, B_r, B_c, CAUSAL)
-        for j in range(1, n_tiles):
-            s = j % STAGES
-            sp = (j - 1) % STAGES
-            mbarrier.wait(K_bar.index(s), (j // STAGES) & 1)
-            S = warpgroup_mma(Q_smem, K_smem.index(s).permute((1, 0)), S_zero, use_acc=False, is_async=True)
-            mbarrier.wait(V_bar.index(sp), ((j - 1) // STAGES) & 1)
-            P_op = gl.convert_layout(P.to(dtype), P_layout)
-            acc = warpgroup_mma(P_op, V_smem.index(sp), acc, is_async=True)
-            S = warpgroup_mma_wait(num_outstanding=1, deps=(S, ))  # S_j done; the P V wgmma may still run
-            _load(K_desc, row0 + (j + STAGES) * B_c, col, K_bar.index(s), K_smem.index(s), j + STAGES < n_tiles)
-            P, m_i, l_i, alpha = _online_softmax(S, m_i, l_i, rows, i, j, qk_scale, B_r, B_c, CAUSAL)
-            acc, P_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, P_op))
-            _load(V_desc, row0 + (j - 1 + STAGES) * B_c, col, V_bar.index(sp), V_smem.index(sp),
-                  j - 1 + STAGES < n_tiles)
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_O), 1)
-        last = n_tiles - 1
-        mbarrier.wait(V_bar.index(last % STAGES), (last // STAGES) & 1)
-        acc = warpgroup_mma(gl.convert_layout(P.to(dtype), P_layout), V_smem.index(last % STAGES), acc,
-                            is_async=True)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+    if SPECIALIZED:
+        acc, m_i, l_i = gl.warp_specialize([
+            (_overlap_consumer, (Q_smem, K_smem, V_smem, Q_bar, K_bar, V_bar, K_free, V_free, K_desc, V_desc, row0,
+                                 col, i, n_tiles, qk_scale, B_r, CAUSAL, True)),
+            (_producer, (Q_desc, K_desc, V_desc, Q_smem, K_smem, V_smem, Q_bar, K_bar, V_bar, K_free, V_free, row0,
+                         col, i, n_tiles)),
+        ], [1], [24])
     else:
-        for j in range(n_tiles):
-            # The copies of tile j + STAGES - 1 go into the buffers tile j - 1 used: its
-            # wgmmas were waited for at the end of the last iteration.
-            ahead = j + STAGES - 1
-            _load(K_desc, row0 + ahead * B_c, col, K_bar.index(ahead % STAGES), K_smem.index(ahead % STAGES),
-                  ahead < n_tiles)
-            _load(V_desc, row0 + ahead * B_c, col, V_bar.index(ahead % STAGES), V_smem.index(ahead % STAGES),
-                  ahead < n_tiles)
-            s = j % STAGES
-            mbarrier.wait(K_bar.index(s), (j // STAGES) & 1)
-            # S = Q K_j^T (K_j transposed as a view of shared memory: wgmma reads it so)
-            S = warpgroup_mma(Q_smem, K_smem.index(s).permute((1, 0)), S_zero, use_acc=False, is_async=True)
-            S = warpgroup_mma_wait(num_outstanding=0, deps=(S, ))
-            P, m_i, l_i, alpha = _online_softmax(S, m_i, l_i, rows, i, j, qk_scale, B_r, B_c, CAUSAL)
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_O), 1)
-            mbarrier.wait(V_bar.index(s), (j // STAGES) & 1)
-            acc = warpgroup_mma(gl.convert_layout(P.to(dtype), P_layout), V_smem.index(s), acc, is_async=True)
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+        _load(Q_desc, row0 + i * B_r, col, Q_bar, Q_smem, True)
+        AHEAD: gl.constexpr = STAGES if SCHEDULE == "overlap" else STAGES - 1  # tiles in flight before tile 0
+        for r in gl.static_range(AHEAD):
+            _load(K_desc, row0 + r * B_c, col, K_bar.index(r), K_smem.index(r), r < n_tiles)
+            _load(V_desc, row0 + r * B_c, col, V_bar.index(r), V_smem.index(r), r < n_tiles)
+        if SCHEDULE == "overlap":
+            acc, m_i, l_i = _overlap_consumer(Q_smem, K_smem, V_smem, Q_bar, K_bar, V_bar, K_free, V_free, K_desc,
+                                              V_desc, row0, col, i, n_tiles, qk_scale, B_r, CAUSAL, False)
+        else:
+            S_layout: gl.constexpr = mma_layout(num_warps, B_c)
+            O_layout: gl.constexpr = mma_layout(num_warps, D)
+            P_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_layout, k_width=2)
+            rows = i * B_r + gl.arange(0, B_r, layout=gl.SliceLayout(1, S_layout))
+            m_i = gl.full([B_r], -float("inf"), gl.float32, layout=gl.SliceLayout(1, S_layout))
+            l_i = gl.zeros([B_r], gl.float32, layout=gl.SliceLayout(1, S_layout))
+            acc = gl.zeros([B_r, D], gl.float32, layout=O_layout)
+            mbarrier.wait(Q_bar, 0)
+            for j in range(n_tiles):
+                # The copies of tile j + STAGES - 1 go into the buffers tile j - 1 used: its
+                # wgmmas were waited for at the end of the last iteration.
+                ahead = j + STAGES - 1
+                _load(K_desc, row0 + ahead * B_c, col, K_bar.index(ahead % STAGES), K_smem.index(ahead % STAGES),
+                      ahead < n_tiles)
+                _load(V_desc, row0 + ahead * B_c, col, V_bar.index(ahead % STAGES), V_smem.index(ahead % STAGES),
+                      ahead < n_tiles)
+                s = j % STAGES
+                mbarrier.wait(K_bar.index(s), (j // STAGES) & 1)
+                # S = Q K_j^T (K_j transposed as a view of shared memory: wgmma reads it so)
+                S = warpgroup_mma(Q_smem, K_smem.index(s).permute((1, 0)), gl.zeros([B_r, B_c], gl.float32, S_layout),
+                                  use_acc=False, is_async=True)
+                S = warpgroup_mma_wait(num_outstanding=0, deps=(S, ))
+                P, m_i, l_i, alpha = _online_softmax(S, m_i, l_i, rows, i, j, qk_scale, B_r, B_c, CAUSAL)
+                acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, O_layout)), 1)
+                mbarrier.wait(V_bar.index(s), (j // STAGES) & 1)
+                acc = warpgroup_mma(gl.convert_layout(P.to(dtype), P_layout), V_smem.index(s), acc, is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
 
+    rows = i * B_r + gl.arange(0, B_r, layout=gl.SliceLayout(1, mma_layout(num_warps, B_c)))
     _epilogue(acc, m_i, l_i, rows, O_desc, Q_smem, LSE, bh, N, row0 + i * B_r, col)  # Q's buffer is free now
     mbarrier.invalidate(Q_bar)
     for r in gl.static_range(STAGES):
-        mbarrier.invalidate(K_bar.index(r))
-        mbarrier.invalidate(V_bar.index(r))
+        for bar in gl.static_range(4):
+            mbarrier.invalidate((K_bar, V_bar, K_free, V_free)[bar].index(r))
 
 
 def supported(q, k, v, dropout_p=0.0, masks=False, capability=None):
@@ -258,5 +328,5 @@ def flash_fwd(q, k, v, causal=False, scale=None, variant=VARIANTS[0]):
     t = TILES[variant][D]
     grid = (N // t["B_r"], B * H)
     fa3_fwd_kernel[grid](*descriptors(q, k, v, o, variant), lse, N, H, scale * LOG2E, CAUSAL=causal,
-                         OVERLAP=variant == "overlap", STAGES=t["STAGES"], num_warps=t["num_warps"])
+                         SCHEDULE=variant, STAGES=t["STAGES"], num_warps=t["num_warps"])
     return o, lse

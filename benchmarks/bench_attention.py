@@ -14,8 +14,8 @@ given to every provider as documents (attention.padding_documents: SDPA and naiv
 boolean mask; providers that take no mask or no dropout report an error and are skipped).
 `flash-butterfly`: block-sparse FlashAttention (Section 3.3) on the butterfly layout of 128 x
 128 tiles (its density recorded); a block mask does not combine with the padding mask, so it
-runs without it. FLOPs count the dense N x N in every case. `flash-gluon` (`-plain`): flash with the
-Hopper forward written in Gluon (attention/hopper.py's overlap or plain variant, experimental)
+runs without it. FLOPs count the dense N x N in every case. `flash-gluon` (`-plain`, `-specialized`):
+flash with the Hopper forward written in Gluon (attention/hopper.py's variants, experimental)
 where it applies, flash.py's otherwise.
 
     python -m benchmarks.bench_attention --out benchmarks/results/h200/attention
@@ -105,6 +105,7 @@ def providers(names):
         "flash-butterfly": flash_butterfly_fn,
         "flash-gluon": lambda: flash_gluon_fn("overlap"),
         "flash-gluon-plain": lambda: flash_gluon_fn("plain"),
+        "flash-gluon-specialized": lambda: flash_gluon_fn("specialized"),
         "sdpa-efficient": lambda: get_attention("sdpa", kernel="efficient"),
         "flash1": lambda: get_attention("flash1"),
         "sdpa-flash": lambda: get_attention("sdpa", kernel="flash"),

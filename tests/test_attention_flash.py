@@ -359,7 +359,7 @@ def test_launch_options_one_home(launch, monkeypatch):
     launch()
     assert flash.options["gluon"] == "overlap"
     monkeypatch.delenv("FLASH_GLUON")
-    with pytest.raises(ValueError, match=re.escape("gluon='fa3' is not one of: off | overlap | plain")):
+    with pytest.raises(ValueError, match=re.escape("gluon='fa3' is not one of: off | overlap | plain | specialized")):
         launch(gluon="fa3")
     flash._COMPILED["entry"] = flash._tuned["entry"] = None
     launch()

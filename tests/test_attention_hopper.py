@@ -75,10 +75,10 @@ def compile_for_sm90(variant, D, causal):
     tiles = hopper.TILES[variant][D]
     descs = dict(zip(["Q_desc", "K_desc", "V_desc", "O_desc"], hopper.descriptors(q, q, q, q, variant)))
     signature = {**{k: mangle_type(v) for k, v in descs.items()}, "LSE": "*fp32", "N": "i32", "H": "i32",
-                 "qk_scale": "fp32", "CAUSAL": "constexpr", "OVERLAP": "constexpr", "STAGES": "constexpr",
+                 "qk_scale": "fp32", "CAUSAL": "constexpr", "SCHEDULE": "constexpr", "STAGES": "constexpr",
                  "num_warps": "constexpr"}
     src = GluonASTSource(hopper.fa3_fwd_kernel, signature=signature,
-                         constexprs={"CAUSAL": causal, "OVERLAP": variant == "overlap", "STAGES": tiles["STAGES"],
+                         constexprs={"CAUSAL": causal, "SCHEDULE": variant, "STAGES": tiles["STAGES"],
                                      "num_warps": tiles["num_warps"]})
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": tiles["num_warps"]})
     ptx = kernel.asm["ptx"]
