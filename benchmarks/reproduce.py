@@ -217,11 +217,47 @@ def figures(out, budget, run):
         return "Figure 3: not measured (needs a GPU: `--only figures`).\n"
     kernel_figures.figure3(data["rows"], out / "figure3" / "figure3.png", data["meta"])
     rejected = {r["provider"]: r["error"] for r in data["rows"] if r.get("error", "OOM") != "OOM"}
-    notes = [f"- {p} did not run this setting: {e}" for p, e in rejected.items()]
+    notes = figure3_claims(data["rows"]) + [f"- {p} did not run this setting: {e}" for p, e in rejected.items()]
     if not data["meta"].get("padding"):
         notes.append("- an earlier setting than the paper's (causal, no dropout, no padding mask): "
                      "`--only figures` measures it again as the paper ran it")
     return "\n".join([f"![Figure 3](figure3/figure3.png)\n\nMeasured on {measured(data['meta'])}: {cmd}\n", *notes, ""])
+
+
+def _span(values, fmt="{:.2f}"):
+    lo, hi = min(values), max(values)
+    return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
+
+
+def figure3_claims(rows, ours="flash", standard="naive", sparse="flash-butterfly", from_n=4096):
+    """Figure 3's reading, computed from its rows: ours against standard attention (time, memory,
+    where standard attention runs out of memory), against every other dense provider, and
+    block-sparse time against its density."""
+    ok = {(r["provider"], r["seqlen"]): r for r in rows if "error" not in r}
+    mine = {n: r for (p, n), r in ok.items() if p == ours}
+    if not mine:
+        return []
+    lines = [f"- {ours}: memory beyond the inputs {_span([r['peak_mem_mb'] for r in mine.values()], '{:.0f}')} MB "
+             f"at N = {_span(mine, '{}')}"]
+    both = [n for n in mine if (standard, n) in ok]
+    oom = sorted(r["seqlen"] for r in rows if r["provider"] == standard and r.get("error") == "OOM")
+    if both:
+        t = [ok[standard, n]["ms_fwd+bwd"] / mine[n]["ms_fwd+bwd"] for n in both]
+        m = [ok[standard, n]["peak_mem_mb"] / mine[n]["peak_mem_mb"] for n in both]
+        lines.append(f"- against standard attention ({standard}), N = {_span(both, '{}')}: {_span(t, '{:.1f}')}x faster "
+                     f"fwd+bwd, {_span(m, '{:.1f}')}x less memory" + (f"; {standard} runs out of memory from N = {oom[0]}" if oom else ""))
+    for prov in dict.fromkeys(p for p, _ in ok):
+        shared = [n for n in mine if (prov, n) in ok]
+        if prov in (ours, standard, sparse) or not shared:
+            continue
+        ratio = [mine[n]["ms_fwd+bwd"] / ok[prov, n]["ms_fwd+bwd"] for n in shared]
+        lines.append(f"- {ours}'s fwd+bwd time / {prov}'s: {_span(ratio)} (N = {_span(shared, '{}')}; below 1: ours faster)")
+    long = [n for n in mine if (sparse, n) in ok and n >= from_n and "density" in ok[sparse, n]]
+    if long:
+        extra = [ok[sparse, n]["ms_fwd+bwd"] / mine[n]["ms_fwd+bwd"] - ok[sparse, n]["density"] for n in long]
+        lines.append(f"- {sparse}: at density rho it takes rho + ({_span(extra, '{:.3f}')}) of {ours}'s fwd+bwd time "
+                     f"(N = {_span(long, '{}')})")
+    return lines
 
 
 def _sweep_args(name):

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from benchmarks import kernel_figures
-from benchmarks.reproduce import SEED_FIGURES, SWEEPS, _sweep_args, figures, seed_figures, seed_map, sweeps
+from benchmarks.reproduce import (SEED_FIGURES, SWEEPS, _sweep_args, figure3_claims, figures, seed_figures, seed_map,
+                                  sweeps)
 
 pytest.importorskip("matplotlib")
 
@@ -81,3 +82,20 @@ def test_sweeps_measures_only_the_named_ones(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as e:
         reproduce.main([str(tmp_path), "--only", "sweeps", "--sweeps", "causal,nope"])
     assert e.value.code == 2
+
+
+def test_figure3_reading_is_computed_from_its_rows():
+    data = [r for r in rows(seqlen=[2048, 4096]) if not r["causal"] and r["provider"] != "flash1"]
+    data.append(dict(provider="naive", head_dim=64, heads=12, causal=False, seqlen=8192, batch=2, error="OOM"))
+    flash_4k = next(r for r in data if r["provider"] == "flash" and r["seqlen"] == 4096)
+    data.append({**flash_4k, "provider": "flash-butterfly", "ms_fwd+bwd": flash_4k["ms_fwd+bwd"] * 0.3, "density": 0.25})
+    data.append(dict(provider="sdpa-flash", head_dim=64, heads=12, causal=False, seqlen=1024, batch=16,
+                     error="RuntimeError: No available kernel"))
+    assert figure3_claims(data) == [
+        "- flash: memory beyond the inputs 204800-409600 MB at N = 2048-4096",
+        "- against standard attention (naive), N = 2048-4096: 15.0x faster fwd+bwd, 1.0x less memory; "
+        "naive runs out of memory from N = 8192",
+        "- flash's fwd+bwd time / sdpa-flash's: 0.83 (N = 2048-4096; below 1: ours faster)",
+        "- flash's fwd+bwd time / sdpa-cudnn's: 1.07 (N = 2048-4096; below 1: ours faster)",
+        "- flash-butterfly: at density rho it takes rho + (0.050) of flash's fwd+bwd time (N = 4096)"]
+    assert figure3_claims([r for r in data if r["provider"] != "flash"]) == []
