@@ -831,7 +831,7 @@ def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, window, doc_start, doc_
     if options["gluon"] != "off" and not (window or dropout_p) and doc_start is None and blocks_kv is None:
         from attention import hopper  # imports Gluon, which older Tritons lack: only when asked for
         if hopper.supported(q, k, v) is None:
-            return hopper.flash_fwd(q, k, v, causal, scale, variant=options["gluon"])
+            return hopper.forward(q, k, v, causal, scale, options["gluon"])
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
     o = torch.empty_like(q, memory_format=torch.contiguous_format)

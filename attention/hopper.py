@@ -41,6 +41,7 @@ H, d), including views of packed QKV: each of Q, K, V, O is seen as a (B N) x (H
 whose [B_r, d] tile at (b N + i B_r, h d) is head h's tile i.
 """
 
+import functools
 import math
 
 import torch
@@ -283,7 +284,7 @@ def supported(q, k, v, dropout_p=0.0, masks=False, capability=None):
     """Whether this path computes the call: None if so, else the reason it does not.
     capability: the GPU's (major, minor), asked of q's device when not given."""
     if capability is None:
-        capability = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else None
+        capability = _capability(q.device) if q.device.type == "cuda" else None
     if capability is None or capability[0] != 9:
         return "needs a Hopper GPU (sm90)"
     if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
@@ -303,6 +304,11 @@ def supported(q, k, v, dropout_p=0.0, masks=False, capability=None):
     return None
 
 
+@functools.cache
+def _capability(device):
+    return torch.cuda.get_device_capability(device)  # asked once a device: `supported` runs every call
+
+
 def _matrix(x, block_rows):
     """x (B, N, H, d) as its (B N) x (H d) matrix, tiles of block_rows x d."""
     B, N, H, D = x.shape
@@ -317,12 +323,16 @@ def descriptors(q, k, v, o, variant=VARIANTS[0]):
 
 def flash_fwd(q, k, v, causal=False, scale=None, variant=VARIANTS[0]):
     """O (B, N, H, d) and LSE (B, H, N) fp32 of softmax(s Q K^T) V, for q, k, v (B, N, H, d);
-    variant: "overlap" (softmax overlapped with the MMAs) or "plain"."""
+    variant: one of VARIANTS (the kernel's SCHEDULE). One clear error where `supported` says no."""
     reason = supported(q, k, v)
     if reason:
         raise ValueError(f"attention.hopper: {reason}")
+    return forward(q, k, v, causal, q.shape[-1] ** -0.5 if scale is None else scale, variant)
+
+
+def forward(q, k, v, causal, scale, variant):
+    """flash_fwd for a call that `supported` has already accepted (flash.py's dispatch)."""
     B, N, H, D = q.shape
-    scale = D ** -0.5 if scale is None else scale
     o = torch.empty(B, N, H, D, device=q.device, dtype=q.dtype)
     lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
     t = TILES[variant][D]

@@ -52,11 +52,11 @@ def test_flash_takes_the_gluon_forward_only_where_it_applies(monkeypatch):
     try:
         expected = flash._flash2_fwd(q, k, v, flash.zero_seed(q.device), True, 0.0, 0.25, 0, None, None, None, None, 128)
         calls = []
-        monkeypatch.setattr(hopper, "flash_fwd", lambda *a, **kw: calls.append(kw) or expected)
+        monkeypatch.setattr(hopper, "forward", lambda *a: calls.append(a[-1]) or expected)
         assert torch.equal(fn(q, k, v, causal=True), expected[0]) and not calls  # not Hopper: the portable path
         monkeypatch.setattr(hopper, "supported", lambda *a, **kw: None)
         fn(q, k, v, causal=True)
-        assert calls == [{"variant": "plain"}]
+        assert calls == ["plain"]
         fn(q, k, v, causal=True, window=8)
         fn(q, k, v, causal=True, dropout_p=0.1)
         assert len(calls) == 1  # masks and dropout stay on the portable path
@@ -113,8 +113,8 @@ def gluon_on(monkeypatch, request):
     """flash with the Gluon forward on, counting the calls that took it."""
     from attention import flash
     calls = []
-    real = hopper.flash_fwd
-    monkeypatch.setattr(hopper, "flash_fwd", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = hopper.forward
+    monkeypatch.setattr(hopper, "forward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     flash.configure(gluon=request.param)
     yield calls
     flash.configure()
