@@ -583,7 +583,7 @@ OPTIONS = {
     "tma": ("auto", "always", "never"),  # the TMA forward: on Hopper | wherever legal (interpreter too) | never
     "wide": ("auto", "always"),          # int64 offsets where some tensor spans 2^31 elements | always
     "fast_launch": (True, False),        # reuse a compiled kernel per argument signature (see _launch)
-    "gluon": ("off", "overlap", "plain", "specialized"),  # the Gluon forward on Hopper (attention/hopper.py)
+    "gluon": ("off", "plain", "overlap", "specialized"),  # the Gluon forward on Hopper (attention/hopper.py)
 }
 ENVIRONMENT = {"autotune": "FLASH_AUTOTUNE", "tuning_cache": "FLASH_TUNING_CACHE", "tma": "FLASH_TMA",
                "wide": "FLASH_WIDE", "fast_launch": "FLASH_FAST_LAUNCH",
@@ -596,8 +596,8 @@ def _from_environment():
     would otherwise tune hundreds of shapes), FLASH_TUNING_CACHE=0 (tune in every process),
     FLASH_TMA=0 | 1 (tma never | always), FLASH_WIDE=1 (wide always), FLASH_FAST_LAUNCH=0
     (Triton's generic launch, to time the difference), FLASH_GLUON=1 (the Gluon forward on Hopper,
-    its overlap variant; experimental: off until measured faster)."""
-    values = {"tma": ("never", "always"), "wide": ("auto", "always"), "gluon": ("off", "overlap")}
+    its plain variant; experimental: off until measured faster)."""
+    values = {"tma": ("never", "always"), "wide": ("auto", "always"), "gluon": ("off", "plain")}
     out = {}
     for key, var in ENVIRONMENT.items():
         v = os.environ.get(var)

@@ -45,9 +45,10 @@ CASES = [pytest.param(b, dt, d, c, n, p, marks=pytest.mark.xdist_group(f"{b}-{dt
 
 
 def _errors(backend, dtype, d, causal, n_q, n_k, p, batch=2, heads=3, layout=lambda t: t, window=None, docs=None,
-            blocks=None):
+            blocks=None, options=None):
     """docs: per batch row, the lengths of the documents packed into its N_k keys; blocks: a
-    function (n_q blocks, n_k blocks, heads) -> the layout of a block mask of BLOCK x BLOCK tiles."""
+    function (n_q blocks, n_k blocks, heads) -> the layout of a block mask of BLOCK x BLOCK tiles;
+    options: the backend's options (get_attention applies them, the defaults where not given)."""
     g = torch.Generator(device=DEVICE).manual_seed(zlib.crc32(repr((backend, d, causal, n_q, n_k, p, window, docs)).encode()))
     q, k, v = (torch.randn(batch, n, heads, d, device=DEVICE, generator=g, dtype=dtype)
                for n in (n_q, n_k, n_k))
@@ -77,7 +78,7 @@ def _errors(backend, dtype, d, causal, n_q, n_k, p, batch=2, heads=3, layout=lam
     # NaN-filled memory to the kernels' outputs and an unwritten element shows as NaN.
     for t in (q, k, v, q):
         torch.full_like(t, float("nan"))
-    ours = run(get_attention(backend), dtype, layout, seed=seed, **masks)
+    ours = run(get_attention(backend, **(options or {})), dtype, layout, seed=seed, **masks)
     scale = max(1.0, *(r.abs().max().item() for r in ref))
     floor = 2 * torch.finfo(dtype).eps * scale
     return [((a.double() - r).abs().max().item(), (b.double() - r).abs().max().item(), floor)
@@ -357,9 +358,9 @@ def test_launch_options_one_home(launch, monkeypatch):
     monkeypatch.delenv("FLASH_TMA")
     monkeypatch.setenv("FLASH_GLUON", "1")
     launch()
-    assert flash.options["gluon"] == "overlap"
+    assert flash.options["gluon"] == "plain"
     monkeypatch.delenv("FLASH_GLUON")
-    with pytest.raises(ValueError, match=re.escape("gluon='fa3' is not one of: off | overlap | plain | specialized")):
+    with pytest.raises(ValueError, match=re.escape("gluon='fa3' is not one of: off | plain | overlap | specialized")):
         launch(gluon="fa3")
     flash._COMPILED["entry"] = flash._tuned["entry"] = None
     launch()
