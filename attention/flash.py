@@ -583,7 +583,7 @@ OPTIONS = {
     "tma": ("auto", "always", "never"),  # the TMA forward: on Hopper | wherever legal (interpreter too) | never
     "wide": ("auto", "always"),          # int64 offsets where some tensor spans 2^31 elements | always
     "fast_launch": (True, False),        # reuse a compiled kernel per argument signature (see _launch)
-    "gluon": ("off", "plain", "overlap", "specialized"),  # the Gluon forward on Hopper (attention/hopper.py)
+    "gluon": ("off", "plain", "overlap", "specialized", "pingpong"),  # the Gluon forward on Hopper (attention/hopper.py)
 }
 ENVIRONMENT = {"autotune": "FLASH_AUTOTUNE", "tuning_cache": "FLASH_TUNING_CACHE", "tma": "FLASH_TMA",
                "wide": "FLASH_WIDE", "fast_launch": "FLASH_FAST_LAUNCH",

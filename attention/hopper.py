@@ -1,11 +1,13 @@
 """FlashAttention's forward pass on Hopper, written in Gluon (Triton's lower level): issue 25's
 first steps. Experimental, off unless asked for: flash.py takes it with
-`attention.options.gluon=plain|overlap|specialized` (FLASH_GLUON=1: plain) where `supported`
-allows, and `benchmarks.bench_attention --providers flash-gluon,flash-gluon-overlap,
-flash-gluon-specialized` measures it beside our portable kernel (attention/flash.py) and SDPA's.
-Compiled for sm90 in CPU tests; on an H200 every variant matches the reference, and none is
-faster than flash.py's forward across the board
-(benchmarks/results/h200/attention/gluon-forward), so it stays off by default.
+`attention.options.gluon=plain|overlap|specialized|pingpong` (FLASH_GLUON=1: plain) where
+`supported` allows, and `benchmarks.bench_attention --providers flash-gluon,flash-gluon-overlap,
+flash-gluon-specialized,flash-gluon-pingpong` measures it beside our portable kernel
+(attention/flash.py) and SDPA's.
+Compiled for sm90 in CPU tests; on an H200 the plain, overlap and specialized variants match the
+reference, and none is faster than flash.py's forward across the board
+(benchmarks/results/h200/attention/gluon-forward), so it stays off by default; pingpong has not
+run on a GPU yet.
 
 The algorithm is flash.py's forward (FlashAttention-2, Algorithm 1 of the FA2 paper):
 
@@ -32,8 +34,13 @@ al. 2024, Section 3):
 - The `specialized` variant: FA3's warp specialization (its Section 3.1), a producer warp that
   only issues the TMA copies as buffers free up, beside the consumer warps running the
   overlap schedule (registers reallocated between them by `gl.warp_specialize`).
-- Not yet here (the issue's next steps): ping-pong between the two consumer warpgroups (here
-  they work as one on a 128-row tile) and the one-kernel backward. Until then the backward is
+- The `pingpong` variant: FA3's inter-warpgroup overlap (its Section 3.1, "pingpong
+  scheduling"). Two consumer warpgroups, each on 64 of the 128 query rows with the overlap
+  schedule, and the producer warp; a warpgroup issues a step's wgmmas only after the other has
+  issued its own (`_turn` / `_pass`, mbarriers handed back and forth), so one warpgroup's softmax
+  runs while the other's matmuls do. In the other variants the two warpgroups of the 8 warps work
+  as one on a 128-row tile. Compiled, not yet run on a GPU.
+- Not yet here (the issue's next step): the one-kernel backward. Until then the backward is
   flash.py's.
 
 Supported: bf16 / fp16, head dim 64 or 128, N_q = N_k a multiple of 128, causal or not,
@@ -63,11 +70,16 @@ DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 # Per variant and head dim: the tiles (B_r query rows over 8 warps, two warpgroups of 64 rows),
 # the key/value rings' depth, and the warps. The overlap variant keeps two S-sized tiles
 # live (S_j and P_{j-1}), hence B_c = 64 at d = 128.
-VARIANTS = ("plain", "overlap", "specialized")  # the first, the fastest measured, is the default
+VARIANTS = ("plain", "overlap", "specialized", "pingpong")  # the first, the fastest measured, is the default
 TILES = {"plain": {64: dict(B_r=128, B_c=128, STAGES=3, num_warps=8), 128: dict(B_r=128, B_c=128, STAGES=2, num_warps=8)},
          "overlap": {64: dict(B_r=128, B_c=128, STAGES=2, num_warps=8), 128: dict(B_r=128, B_c=64, STAGES=3, num_warps=8)}}
 TILES["specialized"] = TILES["overlap"]
+# Ping-pong: two consumer warpgroups of 4 warps, 64 query rows each (B_r = 128 a program), so a
+# thread holds an S tile of B_c = 128 at d = 128 as well.
+TILES["pingpong"] = {64: dict(B_r=128, B_c=128, STAGES=2, num_warps=4, GROUPS=2),
+                     128: dict(B_r=128, B_c=128, STAGES=2, num_warps=4, GROUPS=2)}
 LOG2E = 1.0 / math.log(2.0)
+PINGPONG_REGS = gl.constexpr(240)  # registers a thread of the second consumer warpgroup asks for (setmaxnreg)
 
 
 @constexpr_function
@@ -77,13 +89,20 @@ def mma_layout(num_warps, n):
     return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, n, 16])
 
 
+@constexpr_function
+def p_layout(O_layout):
+    """P as wgmma's A operand, from registers, for the P V product into O's accumulator."""
+    return gl.DotOperandLayout(operand_index=0, parent=O_layout, k_width=2)
+
+
 @gluon.jit
-def _online_softmax(S, m_i, l_i, rows, i, j, qk_scale, B_r: gl.constexpr, B_c: gl.constexpr, CAUSAL: gl.constexpr):
+def _online_softmax(S, m_i, l_i, rows, first, j, qk_scale, B_c: gl.constexpr, CAUSAL: gl.constexpr):
     """Tile j's scores S (fp32, unscaled) into P = exp(S - m'), with the running max m and sum l
-    updated; alpha = exp(m - m') rescales what O holds. Base 2 throughout (qk_scale = s log2 e)."""
+    updated; alpha = exp(m - m') rescales what O holds. Base 2 throughout (qk_scale = s log2 e).
+    rows: the query rows of S, the first of them `first`."""
     S = S * qk_scale
     if CAUSAL:
-        if (j + 1) * B_c > i * B_r:  # a tile on the diagonal: mask the keys after each query
+        if (j + 1) * B_c > first:  # a tile on the diagonal: mask the keys after each query
             cols = j * B_c + gl.arange(0, B_c, layout=gl.SliceLayout(0, S.type.layout))
             S = gl.where(gl.expand_dims(rows, 1) >= gl.expand_dims(cols, 0), S, -float("inf"))
     m_new = gl.maximum(m_i, gl.max(S, axis=1))  # finite: every row sees key 0
@@ -122,64 +141,108 @@ def _release(desc, row, col, ready, free, buffer, ok, SPECIALIZED: gl.constexpr)
 
 
 @gluon.jit
-def _overlap_consumer(Q_smem, K_smem, V_smem, Q_bar, K_bar, V_bar, K_free, V_free, K_desc, V_desc, row0, col, i,
-                      n_tiles, qk_scale, B_r: gl.constexpr, CAUSAL: gl.constexpr, SPECIALIZED: gl.constexpr):
+def _turn(mine, e, PINGPONG: gl.constexpr):
+    """FA3's ping-pong (its Section 3.1, inter-warpgroup overlap), the half before issuing the
+    wgmmas of step e: wait until the other warpgroup has issued its step e - 1 (warpgroup 0) or
+    e (warpgroup 1); `_pass` after issuing hands the tensor cores over. So one warpgroup's
+    softmax runs while the other's matmuls do. Only an order: the results do not depend on it."""
+    if PINGPONG:
+        mbarrier.wait(mine, e & 1)
+
+
+@gluon.jit
+def _pass(theirs, PINGPONG: gl.constexpr):
+    if PINGPONG:
+        mbarrier.arrive(theirs, count=1)
+
+
+@gluon.jit
+def _overlap_consumer(Q_smem, K_smem, V_smem, Q_bar, K_bar, V_bar, K_free, V_free, K_desc, V_desc, row0, col, first,
+                      n_tiles, qk_scale, CAUSAL: gl.constexpr, SPECIALIZED: gl.constexpr, mine, theirs,
+                      PINGPONG: gl.constexpr):
     """FA3's intra-warpgroup overlap (its Algorithm 2): S_j = Q K_j^T and O += P_{j-1} V_{j-1}
     are issued together; the softmax of S_j runs while the P V wgmma does, and O is rescaled by
-    alpha_j once that is done. Tile 0's S and softmax come first. Returns O (unnormalized), m, l."""
+    alpha_j once that is done. Tile 0's S and softmax come first. Q_smem: this consumer's query
+    rows, from `first`. Under PINGPONG, each step's wgmmas wait for this warpgroup's turn
+    (mine) and hand it on (theirs) once issued. Returns O (unnormalized), m, l."""
+    B_r: gl.constexpr = Q_smem.type.shape[0]
     STAGES: gl.constexpr = K_smem.type.shape[0]
     B_c: gl.constexpr = K_smem.type.shape[1]
     D: gl.constexpr = K_smem.type.shape[2]
     dtype: gl.constexpr = K_smem.dtype
     S_layout: gl.constexpr = mma_layout(gl.num_warps(), B_c)
     O_layout: gl.constexpr = mma_layout(gl.num_warps(), D)
-    P_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_layout, k_width=2)  # P as wgmma's A
+    P_layout: gl.constexpr = p_layout(O_layout)
     row_S: gl.constexpr = gl.SliceLayout(1, S_layout)
-    rows = i * B_r + gl.arange(0, B_r, layout=row_S)
+    rows = first + gl.arange(0, B_r, layout=row_S)
     S_zero = gl.zeros([B_r, B_c], gl.float32, S_layout)
     acc = gl.zeros([B_r, D], gl.float32, layout=O_layout)
 
     mbarrier.wait(Q_bar, 0)
     mbarrier.wait(K_bar.index(0), 0)
+    _turn(mine, 0, PINGPONG)
     S = warpgroup_mma(Q_smem, K_smem.index(0).permute((1, 0)), S_zero, use_acc=False, is_async=True)
+    _pass(theirs, PINGPONG)
     S = warpgroup_mma_wait(num_outstanding=0, deps=(S, ))
     _release(K_desc, row0 + STAGES * B_c, col, K_bar.index(0), K_free.index(0), K_smem.index(0), STAGES < n_tiles,
              SPECIALIZED)
     P, m_i, l_i, alpha = _online_softmax(S, gl.full([B_r], -float("inf"), gl.float32, layout=row_S),
-                                         gl.zeros([B_r], gl.float32, layout=row_S), rows, i, 0, qk_scale, B_r, B_c,
+                                         gl.zeros([B_r], gl.float32, layout=row_S), rows, first, 0, qk_scale, B_c,
                                          CAUSAL)
     for j in range(1, n_tiles):
         s = j % STAGES
         sp = (j - 1) % STAGES
         mbarrier.wait(K_bar.index(s), (j // STAGES) & 1)
+        _turn(mine, j, PINGPONG)
         S = warpgroup_mma(Q_smem, K_smem.index(s).permute((1, 0)), S_zero, use_acc=False, is_async=True)
         mbarrier.wait(V_bar.index(sp), ((j - 1) // STAGES) & 1)
         P_op = gl.convert_layout(P.to(dtype), P_layout)
         acc = warpgroup_mma(P_op, V_smem.index(sp), acc, is_async=True)
+        _pass(theirs, PINGPONG)
         S = warpgroup_mma_wait(num_outstanding=1, deps=(S, ))  # S_j done; the P V wgmma may still run
         _release(K_desc, row0 + (j + STAGES) * B_c, col, K_bar.index(s), K_free.index(s), K_smem.index(s),
                  j + STAGES < n_tiles, SPECIALIZED)
-        P, m_i, l_i, alpha = _online_softmax(S, m_i, l_i, rows, i, j, qk_scale, B_r, B_c, CAUSAL)
+        P, m_i, l_i, alpha = _online_softmax(S, m_i, l_i, rows, first, j, qk_scale, B_c, CAUSAL)
         acc, P_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, P_op))
         _release(V_desc, row0 + (j - 1 + STAGES) * B_c, col, V_bar.index(sp), V_free.index(sp), V_smem.index(sp),
                  j - 1 + STAGES < n_tiles, SPECIALIZED)
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, O_layout)), 1)
     last = n_tiles - 1
     mbarrier.wait(V_bar.index(last % STAGES), (last // STAGES) & 1)
+    _turn(mine, n_tiles, PINGPONG)
     acc = warpgroup_mma(gl.convert_layout(P.to(dtype), P_layout), V_smem.index(last % STAGES), acc, is_async=True)
+    _pass(theirs, PINGPONG)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
     return acc, m_i, l_i
+
+
+@gluon.jit
+def _pingpong_consumer(Q_smem, K_smem, V_smem, Q_bar, K_bar, V_bar, K_free, V_free, K_desc, V_desc, O_desc, LSE, bh,
+                       N, row0, col, first, n_tiles, qk_scale, turns, CAUSAL: gl.constexpr, g: gl.constexpr):
+    """Consumer warpgroup g of the ping-pong schedule: the overlap schedule on its B_r / 2 query
+    rows (from `first`), taking turns with the other warpgroup at the tensor cores, then its
+    own epilogue."""
+    acc, m_i, l_i = _overlap_consumer(Q_smem.index(g), K_smem, V_smem, Q_bar.index(g), K_bar, V_bar, K_free, V_free,
+                                      K_desc, V_desc, row0, col, first, n_tiles, qk_scale, CAUSAL, True,
+                                      turns.index(g), turns.index(1 - g), True)
+    B_q: gl.constexpr = Q_smem.type.shape[1]
+    rows = first + gl.arange(0, B_q, layout=gl.SliceLayout(1, mma_layout(gl.num_warps(), K_smem.type.shape[1])))
+    _epilogue(acc, m_i, l_i, rows, O_desc, Q_smem.index(g), LSE, bh, N, row0 + first, col)
 
 
 @gluon.jit
 def _producer(Q_desc, K_desc, V_desc, Q_smem, K_smem, V_smem, Q_bar, K_bar, V_bar, K_free, V_free, row0, col, i,
               n_tiles):
     """The producer warp of the warp-specialized schedule (FA3 Section 3.1): Q_i, then K_j and
-    V_j into their rings as the consumer frees buffers. A fresh mbarrier counts as having
-    completed phase 1, so the first pass through the rings waits for nothing."""
+    V_j into their rings as the consumers free buffers. A fresh mbarrier counts as having
+    completed phase 1, so the first pass through the rings waits for nothing. Q_smem holds one
+    buffer of query rows per consumer warpgroup (two under ping-pong), Q_bar a barrier each."""
     STAGES: gl.constexpr = K_smem.type.shape[0]
     B_c: gl.constexpr = K_smem.type.shape[1]
-    _load(Q_desc, row0 + i * Q_smem.type.shape[0], col, Q_bar, Q_smem, True)
+    GROUPS: gl.constexpr = Q_smem.type.shape[0]
+    B_q: gl.constexpr = Q_smem.type.shape[1]
+    for g in gl.static_range(GROUPS):
+        _load(Q_desc, row0 + (i * GROUPS + g) * B_q, col, Q_bar.index(g), Q_smem.index(g), True)
     for j in range(n_tiles):
         s = j % STAGES
         phase = (j // STAGES) & 1
@@ -190,12 +253,54 @@ def _producer(Q_desc, K_desc, V_desc, Q_smem, K_smem, V_smem, Q_bar, K_bar, V_ba
 
 
 @gluon.jit
+def _plain(Q_smem, K_smem, V_smem, Q_bar, K_bar, V_bar, K_desc, V_desc, row0, col, first, n_tiles, qk_scale,
+           CAUSAL: gl.constexpr):
+    """The plain schedule: tile j's copies issued STAGES - 1 tiles ahead, then S_j, its softmax
+    and O += P_j V_j, each wgmma waited for before the next step. Returns O (unnormalized), m, l."""
+    STAGES: gl.constexpr = K_smem.type.shape[0]
+    B_c: gl.constexpr = K_smem.type.shape[1]
+    S_layout: gl.constexpr = mma_layout(gl.num_warps(), B_c)
+    O_layout: gl.constexpr = mma_layout(gl.num_warps(), K_smem.type.shape[2])
+    B_r: gl.constexpr = Q_smem.type.shape[0]
+    rows = first + gl.arange(0, B_r, layout=gl.SliceLayout(1, S_layout))
+    m_i = gl.full([B_r], -float("inf"), gl.float32, layout=gl.SliceLayout(1, S_layout))
+    l_i = gl.zeros([B_r], gl.float32, layout=gl.SliceLayout(1, S_layout))
+    acc = gl.zeros([B_r, K_smem.type.shape[2]], gl.float32, layout=O_layout)
+    mbarrier.wait(Q_bar, 0)
+    for j in range(n_tiles):
+        # The copies of tile j + STAGES - 1 go into the buffers tile j - 1 used: its
+        # wgmmas were waited for at the end of the last iteration.
+        ahead = j + STAGES - 1
+        _load(K_desc, row0 + ahead * B_c, col, K_bar.index(ahead % STAGES), K_smem.index(ahead % STAGES),
+              ahead < n_tiles)
+        _load(V_desc, row0 + ahead * B_c, col, V_bar.index(ahead % STAGES), V_smem.index(ahead % STAGES),
+              ahead < n_tiles)
+        s = j % STAGES
+        mbarrier.wait(K_bar.index(s), (j // STAGES) & 1)
+        # S = Q K_j^T (K_j transposed as a view of shared memory: wgmma reads it so)
+        S = warpgroup_mma(Q_smem, K_smem.index(s).permute((1, 0)), gl.zeros([B_r, B_c], gl.float32, S_layout),
+                          use_acc=False, is_async=True)
+        S = warpgroup_mma_wait(num_outstanding=0, deps=(S, ))
+        P, m_i, l_i, alpha = _online_softmax(S, m_i, l_i, rows, first, j, qk_scale, B_c, CAUSAL)
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, O_layout)), 1)
+        mbarrier.wait(V_bar.index(s), (j // STAGES) & 1)
+        P_op = gl.convert_layout(P.to(K_smem.dtype), p_layout(O_layout))
+        acc = warpgroup_mma(P_op, V_smem.index(s), acc, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+    return acc, m_i, l_i
+
+
+@gluon.jit
 def fa3_fwd_kernel(Q_desc, K_desc, V_desc, O_desc, LSE, N, H, qk_scale,
                    CAUSAL: gl.constexpr, SCHEDULE: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
     """SCHEDULE: "plain" (each wgmma waited for before the next step), "overlap" (FA3's
-    softmax / wgmma overlap, loads issued by the same warps) or "specialized" (the overlap
-    schedule in the consumer warps, loads in a producer warp of their own)."""
-    B_r: gl.constexpr = Q_desc.block_type.shape[0]
+    softmax / wgmma overlap, loads issued by the same warps), "specialized" (the overlap
+    schedule in the consumer warps, loads in a producer warp of their own) or "pingpong" (the
+    specialized schedule with two consumer warpgroups of num_warps each, on half the query
+    rows each, taking turns at the tensor cores)."""
+    GROUPS: gl.constexpr = 2 if SCHEDULE == "pingpong" else 1  # consumer warpgroups with rows of their own
+    B_q: gl.constexpr = Q_desc.block_type.shape[0]  # query rows a consumer holds
+    B_r: gl.constexpr = B_q * GROUPS                # query rows a program computes
     D: gl.constexpr = Q_desc.block_type.shape[1]
     B_c: gl.constexpr = K_desc.block_type.shape[0]
     dtype: gl.constexpr = Q_desc.dtype
@@ -203,24 +308,31 @@ def fa3_fwd_kernel(Q_desc, K_desc, V_desc, O_desc, LSE, N, H, qk_scale,
     bh = gl.program_id(1)           # batch x heads
     row0 = (bh // H) * N            # this batch's first row in the (B N) x (H d) matrices
     col = (bh % H) * D              # this head's first column
-    SPECIALIZED: gl.constexpr = SCHEDULE == "specialized"
+    SPECIALIZED: gl.constexpr = SCHEDULE == "specialized" or SCHEDULE == "pingpong"
 
-    # Shared memory: Q_i, and rings of STAGES tiles for K and for V, each buffer with an
-    # mbarrier that says it is loaded (K_bar, V_bar) and, under warp specialization, one that
-    # says it is free again (K_free, V_free). K_j's buffer frees after S_j, V_j's after P_j V_j:
-    # in the overlap schedules those are different moments.
-    Q_smem = gl.allocate_shared_memory(dtype, [B_r, D], Q_desc.layout)
+    # Shared memory: Q_i (a buffer of B_q rows per consumer), and rings of STAGES tiles for K
+    # and for V, each buffer with an mbarrier that says it is loaded (K_bar, V_bar) and, under
+    # warp specialization, one that says every consumer is done with it (K_free, V_free). K_j's
+    # buffer frees after S_j, V_j's after P_j V_j: in the overlap schedules those are different
+    # moments. `turns`: the ping-pong's, one per consumer warpgroup.
+    Q_smem = gl.allocate_shared_memory(dtype, [GROUPS, B_q, D], Q_desc.layout)
     K_smem = gl.allocate_shared_memory(dtype, [STAGES, B_c, D], K_desc.layout)
     V_smem = gl.allocate_shared_memory(dtype, [STAGES, B_c, D], V_desc.layout)
-    Q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    Q_bar = gl.allocate_shared_memory(gl.int64, [GROUPS, 1], mbarrier.MBarrierLayout())
     K_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     V_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     K_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     V_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(Q_bar, count=1)
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for g in gl.static_range(GROUPS):
+        mbarrier.init(Q_bar.index(g), count=1)
     for r in gl.static_range(STAGES):
-        for bar in gl.static_range(4):
-            mbarrier.init((K_bar, V_bar, K_free, V_free)[bar].index(r), count=1)
+        mbarrier.init(K_bar.index(r), count=1)
+        mbarrier.init(V_bar.index(r), count=1)
+        mbarrier.init(K_free.index(r), count=GROUPS)
+        mbarrier.init(V_free.index(r), count=GROUPS)
+    for g in gl.static_range(2):
+        mbarrier.init(turns.index(g), count=1)
 
     # Key tiles this query tile sees: all, or under the causal mask those up to its diagonal
     # (N is a multiple of B_r and B_c).
@@ -228,57 +340,48 @@ def fa3_fwd_kernel(Q_desc, K_desc, V_desc, O_desc, LSE, N, H, qk_scale,
         n_tiles = gl.cdiv((i + 1) * B_r, B_c)
     else:
         n_tiles = N // B_c
-    if SPECIALIZED:
-        acc, m_i, l_i = gl.warp_specialize([
-            (_overlap_consumer, (Q_smem, K_smem, V_smem, Q_bar, K_bar, V_bar, K_free, V_free, K_desc, V_desc, row0,
-                                 col, i, n_tiles, qk_scale, B_r, CAUSAL, True)),
+    if SCHEDULE == "pingpong":
+        # Warpgroup 0 (this program's own warps) goes first: its first turn is given here.
+        mbarrier.arrive(turns.index(0), count=1)
+        gl.warp_specialize([
+            (_pingpong_consumer, (Q_smem, K_smem, V_smem, Q_bar, K_bar, V_bar, K_free, V_free, K_desc, V_desc, O_desc,
+                                  LSE, bh, N, row0, col, i * B_r, n_tiles, qk_scale, turns, CAUSAL, 0)),
+            (_pingpong_consumer, (Q_smem, K_smem, V_smem, Q_bar, K_bar, V_bar, K_free, V_free, K_desc, V_desc, O_desc,
+                                  LSE, bh, N, row0, col, i * B_r + B_q, n_tiles, qk_scale, turns, CAUSAL, 1)),
             (_producer, (Q_desc, K_desc, V_desc, Q_smem, K_smem, V_smem, Q_bar, K_bar, V_bar, K_free, V_free, row0,
                          col, i, n_tiles)),
-        ], [1], [24])
+        ], [num_warps, 1], [PINGPONG_REGS, 24])
     else:
-        _load(Q_desc, row0 + i * B_r, col, Q_bar, Q_smem, True)
-        AHEAD: gl.constexpr = STAGES if SCHEDULE == "overlap" else STAGES - 1  # tiles in flight before tile 0
-        for r in gl.static_range(AHEAD):
-            _load(K_desc, row0 + r * B_c, col, K_bar.index(r), K_smem.index(r), r < n_tiles)
-            _load(V_desc, row0 + r * B_c, col, V_bar.index(r), V_smem.index(r), r < n_tiles)
-        if SCHEDULE == "overlap":
-            acc, m_i, l_i = _overlap_consumer(Q_smem, K_smem, V_smem, Q_bar, K_bar, V_bar, K_free, V_free, K_desc,
-                                              V_desc, row0, col, i, n_tiles, qk_scale, B_r, CAUSAL, False)
+        if SPECIALIZED:
+            acc, m_i, l_i = gl.warp_specialize([
+                (_overlap_consumer, (Q_smem.index(0), K_smem, V_smem, Q_bar.index(0), K_bar, V_bar, K_free, V_free,
+                                     K_desc, V_desc, row0, col, i * B_r, n_tiles, qk_scale, CAUSAL, True,
+                                     turns.index(0), turns.index(1), False)),
+                (_producer, (Q_desc, K_desc, V_desc, Q_smem, K_smem, V_smem, Q_bar, K_bar, V_bar, K_free, V_free,
+                             row0, col, i, n_tiles)),
+            ], [1], [24])
         else:
-            S_layout: gl.constexpr = mma_layout(num_warps, B_c)
-            O_layout: gl.constexpr = mma_layout(num_warps, D)
-            P_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_layout, k_width=2)
-            rows = i * B_r + gl.arange(0, B_r, layout=gl.SliceLayout(1, S_layout))
-            m_i = gl.full([B_r], -float("inf"), gl.float32, layout=gl.SliceLayout(1, S_layout))
-            l_i = gl.zeros([B_r], gl.float32, layout=gl.SliceLayout(1, S_layout))
-            acc = gl.zeros([B_r, D], gl.float32, layout=O_layout)
-            mbarrier.wait(Q_bar, 0)
-            for j in range(n_tiles):
-                # The copies of tile j + STAGES - 1 go into the buffers tile j - 1 used: its
-                # wgmmas were waited for at the end of the last iteration.
-                ahead = j + STAGES - 1
-                _load(K_desc, row0 + ahead * B_c, col, K_bar.index(ahead % STAGES), K_smem.index(ahead % STAGES),
-                      ahead < n_tiles)
-                _load(V_desc, row0 + ahead * B_c, col, V_bar.index(ahead % STAGES), V_smem.index(ahead % STAGES),
-                      ahead < n_tiles)
-                s = j % STAGES
-                mbarrier.wait(K_bar.index(s), (j // STAGES) & 1)
-                # S = Q K_j^T (K_j transposed as a view of shared memory: wgmma reads it so)
-                S = warpgroup_mma(Q_smem, K_smem.index(s).permute((1, 0)), gl.zeros([B_r, B_c], gl.float32, S_layout),
-                                  use_acc=False, is_async=True)
-                S = warpgroup_mma_wait(num_outstanding=0, deps=(S, ))
-                P, m_i, l_i, alpha = _online_softmax(S, m_i, l_i, rows, i, j, qk_scale, B_r, B_c, CAUSAL)
-                acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, O_layout)), 1)
-                mbarrier.wait(V_bar.index(s), (j // STAGES) & 1)
-                acc = warpgroup_mma(gl.convert_layout(P.to(dtype), P_layout), V_smem.index(s), acc, is_async=True)
-                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
-
-    rows = i * B_r + gl.arange(0, B_r, layout=gl.SliceLayout(1, mma_layout(num_warps, B_c)))
-    _epilogue(acc, m_i, l_i, rows, O_desc, Q_smem, LSE, bh, N, row0 + i * B_r, col)  # Q's buffer is free now
-    mbarrier.invalidate(Q_bar)
+            _load(Q_desc, row0 + i * B_r, col, Q_bar.index(0), Q_smem.index(0), True)
+            AHEAD: gl.constexpr = STAGES if SCHEDULE == "overlap" else STAGES - 1  # tiles in flight before tile 0
+            for r in gl.static_range(AHEAD):
+                _load(K_desc, row0 + r * B_c, col, K_bar.index(r), K_smem.index(r), r < n_tiles)
+                _load(V_desc, row0 + r * B_c, col, V_bar.index(r), V_smem.index(r), r < n_tiles)
+            if SCHEDULE == "overlap":
+                acc, m_i, l_i = _overlap_consumer(Q_smem.index(0), K_smem, V_smem, Q_bar.index(0), K_bar, V_bar, K_free,
+                                                  V_free, K_desc, V_desc, row0, col, i * B_r, n_tiles, qk_scale, CAUSAL,
+                                                  False, turns.index(0), turns.index(1), False)
+            else:
+                acc, m_i, l_i = _plain(Q_smem.index(0), K_smem, V_smem, Q_bar.index(0), K_bar, V_bar, K_desc, V_desc,
+                                       row0, col, i * B_r, n_tiles, qk_scale, CAUSAL)
+        rows = i * B_r + gl.arange(0, B_r, layout=gl.SliceLayout(1, mma_layout(num_warps, B_c)))
+        _epilogue(acc, m_i, l_i, rows, O_desc, Q_smem.index(0), LSE, bh, N, row0 + i * B_r, col)  # Q's buffer is free now
+    for g in gl.static_range(GROUPS):
+        mbarrier.invalidate(Q_bar.index(g))
     for r in gl.static_range(STAGES):
         for bar in gl.static_range(4):
             mbarrier.invalidate((K_bar, V_bar, K_free, V_free)[bar].index(r))
+    for g in gl.static_range(2):
+        mbarrier.invalidate(turns.index(g))
 
 
 def supported(q, k, v, dropout_p=0.0, masks=False, capability=None):
@@ -318,8 +421,10 @@ def _matrix(x, block_rows):
 
 
 def descriptors(q, k, v, o, variant=VARIANTS[0]):
+    """TMA descriptors; Q's and O's tiles are a consumer warpgroup's rows (B_r / GROUPS)."""
     t = TILES[variant][q.shape[-1]]
-    return _matrix(q, t["B_r"]), _matrix(k, t["B_c"]), _matrix(v, t["B_c"]), _matrix(o, t["B_r"])
+    rows = t["B_r"] // t.get("GROUPS", 1)
+    return _matrix(q, rows), _matrix(k, t["B_c"]), _matrix(v, t["B_c"]), _matrix(o, rows)
 
 
 def flash_fwd(q, k, v, causal=False, scale=None, variant=VARIANTS[0]):

@@ -14,7 +14,7 @@ given to every provider as documents (attention.padding_documents: SDPA and naiv
 boolean mask; providers that take no mask or no dropout report an error and are skipped).
 `flash-butterfly`: block-sparse FlashAttention (Section 3.3) on the butterfly layout of 128 x
 128 tiles (its density recorded); a block mask does not combine with the padding mask, so it
-runs without it. FLOPs count the dense N x N in every case. `flash-gluon` (`-overlap`, `-specialized`):
+runs without it. FLOPs count the dense N x N in every case. `flash-gluon` (`-overlap`, `-specialized`, `-pingpong`):
 flash with the Hopper forward written in Gluon (attention/hopper.py's variants, experimental)
 where it applies, flash.py's otherwise.
 
@@ -106,6 +106,7 @@ def providers(names):
         "flash-gluon": lambda: flash_gluon_fn("plain"),
         "flash-gluon-overlap": lambda: flash_gluon_fn("overlap"),
         "flash-gluon-specialized": lambda: flash_gluon_fn("specialized"),
+        "flash-gluon-pingpong": lambda: flash_gluon_fn("pingpong"),
         "sdpa-efficient": lambda: get_attention("sdpa", kernel="efficient"),
         "flash1": lambda: get_attention("flash1"),
         "sdpa-flash": lambda: get_attention("sdpa", kernel="flash"),

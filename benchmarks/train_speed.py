@@ -242,6 +242,7 @@ def build_variant(name, context, args, tokens):
             step()
         torch.cuda.synchronize()
         row["warmup_s"] = round(time.perf_counter() - start, 1)
+        print(f"{name} at {context}: built and warmed up in {row['warmup_s']} s", flush=True)  # where a time limit went
         torch.cuda.reset_peak_memory_stats()
         for _ in range(2):
             step()

@@ -360,7 +360,7 @@ def test_launch_options_one_home(launch, monkeypatch):
     launch()
     assert flash.options["gluon"] == "plain"
     monkeypatch.delenv("FLASH_GLUON")
-    with pytest.raises(ValueError, match=re.escape("gluon='fa3' is not one of: off | plain | overlap | specialized")):
+    with pytest.raises(ValueError, match=re.escape("gluon='fa3' is not one of: off | plain | overlap | specialized | pingpong")):
         launch(gluon="fa3")
     flash._COMPILED["entry"] = flash._tuned["entry"] = None
     launch()
