@@ -584,10 +584,11 @@ OPTIONS = {
     "wide": ("auto", "always"),          # int64 offsets where some tensor spans 2^31 elements | always
     "fast_launch": (True, False),        # reuse a compiled kernel per argument signature (see _launch)
     "gluon": ("off", "plain", "overlap", "specialized", "pingpong"),  # the Gluon forward on Hopper (attention/hopper.py)
+    "gluon_backward": (False, True),     # the Gluon one-kernel backward on Hopper (attention/hopper.py)
 }
 ENVIRONMENT = {"autotune": "FLASH_AUTOTUNE", "tuning_cache": "FLASH_TUNING_CACHE", "tma": "FLASH_TMA",
                "wide": "FLASH_WIDE", "fast_launch": "FLASH_FAST_LAUNCH",
-               "gluon": "FLASH_GLUON"}
+               "gluon": "FLASH_GLUON", "gluon_backward": "FLASH_GLUON_BWD"}
 options = {}  # the options in force (configure)
 
 
@@ -596,7 +597,8 @@ def _from_environment():
     would otherwise tune hundreds of shapes), FLASH_TUNING_CACHE=0 (tune in every process),
     FLASH_TMA=0 | 1 (tma never | always), FLASH_WIDE=1 (wide always), FLASH_FAST_LAUNCH=0
     (Triton's generic launch, to time the difference), FLASH_GLUON=1 (the Gluon forward on Hopper,
-    its plain variant; experimental: off until measured faster)."""
+    its plain variant; experimental: off until measured faster), FLASH_GLUON_BWD=1 (its one-kernel
+    backward, likewise)."""
     values = {"tma": ("never", "always"), "wide": ("auto", "always"), "gluon": ("off", "plain")}
     out = {}
     for key, var in ENVIRONMENT.items():
@@ -850,9 +852,14 @@ def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, window, doc_start, doc_
 def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, window, doc_start, doc_end,
                 blocks_kv, blocks_q, block, dq, dk, dv):
     """Writes dQ, dK, dV into dq, dk, dv (contiguous in head_dim; e.g. views of one packed gradient)."""
+    do = do if do.stride(-1) == 1 else do.contiguous()
+    if options["gluon_backward"] and not (window or dropout_p) and doc_start is None and blocks_kv is None \
+            and dlse is None:
+        from attention import hopper  # imports Gluon, which older Tritons lack: only when asked for
+        if hopper.supported(q, k, v) is None and hopper.supported_backward(q, do, dk, dv) is None:
+            return hopper.backward(do, q, k, v, o, lse, causal, scale, dq, dk, dv)
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
-    do = do if do.stride(-1) == 1 else do.contiguous()
     dlse = None if dlse is None else dlse.contiguous()  # autograd may hand an expanded tensor
     delta = torch.empty_like(lse)
     args = (q, k, v, do)

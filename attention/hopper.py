@@ -1,5 +1,5 @@
-"""FlashAttention's forward pass on Hopper, written in Gluon (Triton's lower level): issue 25's
-first steps. Experimental, off unless asked for: flash.py takes it with
+"""FlashAttention on Hopper, written in Gluon (Triton's lower level): the forward in four
+variants and a one-kernel backward, issue 25's first steps. Experimental, off unless asked for: flash.py takes it with
 `attention.options.gluon=plain|overlap|specialized|pingpong` (FLASH_GLUON=1: plain) where
 `supported` allows, and `benchmarks.bench_attention --providers flash-gluon,flash-gluon-overlap,
 flash-gluon-specialized,flash-gluon-pingpong` measures it beside our portable kernel
@@ -40,8 +40,9 @@ al. 2024, Section 3):
   issued its own (`_turn` / `_pass`, mbarriers handed back and forth), so one warpgroup's softmax
   runs while the other's matmuls do. In the other variants the two warpgroups of the 8 warps work
   as one on a 128-row tile. Compiled, not yet run on a GPU.
-- Not yet here (the issue's next step): the one-kernel backward. Until then the backward is
-  flash.py's.
+- The backward in one kernel (`fa3_bwd_kernel`, launch option `gluon_backward`): dK and dV
+  in registers, dQ reduced with fp32 atomics, five matmuls a tile pair (FA3's Section 3.1 applied
+  to FA2's backward). Compiled, not yet run on a GPU; no warp specialization in it yet.
 
 Supported: bf16 / fp16, head dim 64 or 128, N_q = N_k a multiple of 128, causal or not,
 no dropout and no masks; `supported` says so for a given call. The layout is flash.py's, (B, N,
@@ -64,6 +65,8 @@ from triton.runtime.jit import constexpr_function
 # async_copy_shared_to_global, later Tritons async_load / async_store.
 tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+# A CTA-wide barrier (bar.sync): `thread_barrier` in Triton 3.6, `barrier` later.
+cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 
 HEAD_DIMS = (64, 128)
 DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
@@ -384,6 +387,130 @@ def fa3_fwd_kernel(Q_desc, K_desc, V_desc, O_desc, LSE, N, H, qk_scale,
         mbarrier.invalidate(turns.index(g))
 
 
+# --------------------------------------------------------------------------------------------
+# The backward in one kernel (FA2's Algorithm 2 as FA3 runs it): a program per key tile K_j,
+# V_j, looping over the query tiles that see it, with dK_j and dV_j in registers and dQ_i
+# reduced across programs by fp32 atomic adds. Five matmuls a tile pair, against the seven of
+# flash.py's two-kernel backward (which recomputes S and dP in its dQ kernel).
+# --------------------------------------------------------------------------------------------
+# B_r = 64 query rows a step, so that S^T and dP^T ([B_c, B_r], fp32) fit beside the dK and dV
+# accumulators in the registers of 8 warps.
+BWD_TILES = {64: dict(B_r=64, B_c=128, STAGES=2, num_warps=8), 128: dict(B_r=64, B_c=128, STAGES=2, num_warps=8)}
+
+
+@constexpr_function
+def dq_layout(num_warps, d):
+    """dQ_i's accumulator [64, d]: each warpgroup holds the 64 rows and a share of the d columns."""
+    groups = num_warps // 4
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, groups], instr_shape=[16, d // groups, 16])
+
+
+@gluon.jit
+def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, LSE, Delta, N, H, qk_scale, scale,
+                   dS_layout: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """For key tile j and every query tile i that sees it, with P recomputed from the forward's
+    LSE and Delta_i = rowsum(dO_i * O_i):
+        S^T = K_j Q_i^T,  P^T = exp(s S^T - LSE_i),  dP^T = V_j dO_i^T,  dS^T = P^T * (dP^T - Delta_i)
+        dV_j += P^T dO_i,  dK_j += s dS^T Q_i,  dQ_i += s dS K_j   (dS^T through shared memory)
+    Computing S^T rather than S puts P^T and dS^T in registers in the layout wgmma takes as its
+    A operand (FA3's choice), so dV and dK need no transpose; dQ reads dS^T transposed from
+    shared memory. dQ: fp32 (B, N, H, d), zeroed by the caller."""
+    B_r: gl.constexpr = Q_desc.block_type.shape[0]
+    D: gl.constexpr = Q_desc.block_type.shape[1]
+    B_c: gl.constexpr = K_desc.block_type.shape[0]
+    dtype: gl.constexpr = Q_desc.dtype
+    ST_layout: gl.constexpr = mma_layout(num_warps, B_r)   # S^T, P^T, dP^T, dS^T: [B_c, B_r]
+    KV_layout: gl.constexpr = mma_layout(num_warps, D)     # dK_j, dV_j: [B_c, D]
+    A_layout: gl.constexpr = p_layout(KV_layout)           # P^T, dS^T as wgmma's A, from registers
+    dQ_layout: gl.constexpr = dq_layout(num_warps, D)      # dQ_i: [B_r, D]
+    j = gl.program_id(0)            # the key tile
+    bh = gl.program_id(1)           # batch x heads
+    row0 = (bh // H) * N            # this batch's first row in the (B N) x (H d) matrices
+    col = (bh % H) * D              # this head's first column
+
+    # Shared memory: K_j and V_j for the whole loop, rings of STAGES tiles for Q_i and dO_i
+    # (one mbarrier a slot for the pair), and dS^T for the dQ matmul.
+    K_smem = gl.allocate_shared_memory(dtype, [B_c, D], K_desc.layout)
+    V_smem = gl.allocate_shared_memory(dtype, [B_c, D], V_desc.layout)
+    Q_smem = gl.allocate_shared_memory(dtype, [STAGES, B_r, D], Q_desc.layout)
+    dO_smem = gl.allocate_shared_memory(dtype, [STAGES, B_r, D], dO_desc.layout)
+    dS_smem = gl.allocate_shared_memory(dtype, [B_c, B_r], dS_layout)
+    KV_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    Q_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(KV_bar, count=1)
+    for r in gl.static_range(STAGES):
+        mbarrier.init(Q_bar.index(r), count=1)
+
+    mbarrier.expect(KV_bar, K_desc.block_type.nbytes + V_desc.block_type.nbytes)
+    tma_load(K_desc, [row0 + j * B_c, col], KV_bar, K_smem)
+    tma_load(V_desc, [row0 + j * B_c, col], KV_bar, V_smem)
+    # The query tiles that see key tile j: all, or under the causal mask those from its diagonal.
+    i0 = (j * B_c) // B_r if CAUSAL else 0
+    count = N // B_r - i0
+    for r in gl.static_range(STAGES - 1):
+        _load_q_do(Q_desc, dO_desc, row0 + (i0 + r) * B_r, col, Q_bar.index(r), Q_smem.index(r), dO_smem.index(r),
+                   r < count)
+
+    keys = j * B_c + gl.arange(0, B_c, layout=gl.SliceLayout(1, ST_layout))
+    dK = gl.zeros([B_c, D], gl.float32, layout=KV_layout)
+    dV = gl.zeros([B_c, D], gl.float32, layout=KV_layout)
+    dQ_rows = gl.arange(0, B_r, layout=gl.SliceLayout(1, dQ_layout))
+    dQ_cols = gl.arange(0, D, layout=gl.SliceLayout(0, dQ_layout))
+    mbarrier.wait(KV_bar, 0)
+    for t in range(count):
+        i = i0 + t
+        # Tile t + STAGES - 1's copies go into the slot tile t - 1 used: every warp is past its
+        # wgmmas (the barrier), so no read of that slot is in flight.
+        cta_barrier()
+        ahead = t + STAGES - 1
+        _load_q_do(Q_desc, dO_desc, row0 + (i0 + ahead) * B_r, col, Q_bar.index(ahead % STAGES),
+                   Q_smem.index(ahead % STAGES), dO_smem.index(ahead % STAGES), ahead < count)
+        s = t % STAGES
+        mbarrier.wait(Q_bar.index(s), (t // STAGES) & 1)
+        ST_zero = gl.zeros([B_c, B_r], gl.float32, layout=ST_layout)  # made in the loop: not held across it
+        ST = warpgroup_mma(K_smem, Q_smem.index(s).permute((1, 0)), ST_zero, use_acc=False, is_async=True)
+        dPT = warpgroup_mma(V_smem, dO_smem.index(s).permute((1, 0)), ST_zero, use_acc=False, is_async=True)
+        queries = i * B_r + gl.arange(0, B_r, layout=gl.SliceLayout(0, ST_layout))
+        lse = gl.load(LSE + bh * N + queries) * 1.4426950408889634  # natural log -> base 2
+        delta = gl.load(Delta + bh * N + queries)
+        ST, dPT = warpgroup_mma_wait(num_outstanding=0, deps=(ST, dPT))
+        PT = gl.exp2(ST * qk_scale - gl.expand_dims(lse, 0))
+        if CAUSAL:
+            if i * B_r < (j + 1) * B_c:  # a tile on the diagonal: no query sees a later key
+                PT = gl.where(gl.expand_dims(queries, 0) >= gl.expand_dims(keys, 1), PT, 0.0)
+        dST = PT * (dPT - gl.expand_dims(delta, 0))
+        dS_smem.store(dST.to(dtype))
+        fence_async_shared()
+        cta_barrier()  # every warp's part of dS^T is in shared memory before a warpgroup reads all of it
+        dV = warpgroup_mma(gl.convert_layout(PT.to(dtype), A_layout), dO_smem.index(s), dV, is_async=True)
+        dK = warpgroup_mma(gl.convert_layout(dST.to(dtype), A_layout), Q_smem.index(s), dK, is_async=True)
+        dQ_i = warpgroup_mma(dS_smem.permute((1, 0)), K_smem, gl.zeros([B_r, D], gl.float32, layout=dQ_layout),
+                             use_acc=False, is_async=True)
+        dV, dK, dQ_i = warpgroup_mma_wait(num_outstanding=0, deps=(dV, dK, dQ_i))
+        offsets = gl.expand_dims((row0 + i * B_r + dQ_rows) * (H * D) + col, 1) + gl.expand_dims(dQ_cols, 0)
+        gl.atomic_add(dQ + offsets, dQ_i * scale, sem="relaxed")
+        cta_barrier()  # dS^T is read by every warpgroup's dQ wgmma before the next tile overwrites it
+
+    # dK_j (scaled) and dV_j out through TMA, staged in K_j's and V_j's buffers.
+    K_smem.store((dK * scale).to(dtype))
+    V_smem.store(dV.to(dtype))
+    fence_async_shared()
+    tma_store(dK_desc, [row0 + j * B_c, col], K_smem)
+    tma_store(dV_desc, [row0 + j * B_c, col], V_smem)
+    tma.store_wait(pendings=0)
+    mbarrier.invalidate(KV_bar)
+    for r in gl.static_range(STAGES):
+        mbarrier.invalidate(Q_bar.index(r))
+
+
+@gluon.jit
+def _load_q_do(Q_desc, dO_desc, row, col, bar, Q_buffer, dO_buffer, ok):
+    """Q_i and dO_i through TMA, signalled together on `bar` (nothing when not ok)."""
+    mbarrier.expect(bar, Q_desc.block_type.nbytes + dO_desc.block_type.nbytes, pred=ok)
+    tma_load(Q_desc, [row, col], bar, Q_buffer, pred=ok)
+    tma_load(dO_desc, [row, col], bar, dO_buffer, pred=ok)
+
+
 def supported(q, k, v, dropout_p=0.0, masks=False, capability=None):
     """Whether this path computes the call: None if so, else the reason it does not.
     capability: the GPU's (major, minor), asked of q's device when not given."""
@@ -402,10 +529,27 @@ def supported(q, k, v, dropout_p=0.0, masks=False, capability=None):
         return f"N={N}: a multiple of 128"
     if dropout_p or masks:
         return "dropout and masks: not yet"
-    for x in (q, k, v):
-        if x.stride(3) != 1 or x.stride(2) != D or x.stride(0) != N * x.stride(1) or x.data_ptr() % 16:
-            return "a layout TMA cannot read as (B N) x (H d) rows"
+    if not all(map(_tma_rows, (q, k, v))):
+        return "a layout TMA cannot read as (B N) x (H d) rows"
     return None
+
+
+def supported_backward(q, do, dk, dv):
+    """Whether `backward` computes a call the forward's `supported` accepted: None if so, else why not."""
+    if do.shape != q.shape or do.dtype != q.dtype or dk.dtype != q.dtype or dv.dtype != q.dtype:
+        return "dO, dK, dV: the shape and dtype of q"
+    if not all(map(_tma_rows, (do, dk, dv))):
+        return "a dO, dK or dV layout TMA cannot address as (B N) x (H d) rows"
+    if q.numel() >= 2**31:
+        return "2^31 elements or more (the dQ atomics index in 32 bits)"
+    return None
+
+
+def _tma_rows(x):
+    """x (B, N, H, d) readable by TMA as its (B N) x (H d) matrix: rows of H d contiguous elements,
+    batches one after another, 16-byte aligned."""
+    B, N, H, D = x.shape
+    return x.stride(3) == 1 and x.stride(2) == D and x.stride(0) == N * x.stride(1) and x.data_ptr() % 16 == 0
 
 
 @functools.cache
@@ -446,3 +590,19 @@ def forward(q, k, v, causal, scale, variant):
     fa3_fwd_kernel[grid](*descriptors(q, k, v, o, variant), lse, N, H, scale * LOG2E, CAUSAL=causal,
                          SCHEDULE=variant, STAGES=t["STAGES"], num_warps=t["num_warps"])
     return o, lse
+
+
+def backward(do, q, k, v, o, lse, causal, scale, dq, dk, dv):
+    """dQ, dK, dV of softmax(s Q K^T) V into dq, dk, dv (B, N, H, d) from the forward's o and
+    lse (natural log, (B, H, N)), for a call that `supported` and `supported_backward` accept
+    (flash.py's dispatch asks both)."""
+    B, N, H, D = q.shape
+    t = BWD_TILES[D]
+    delta = (do.float() * o.float()).sum(-1).transpose(1, 2).contiguous()  # Delta_i = rowsum(dO_i * O_i)
+    dq_acc = torch.zeros(B, N, H, D, device=q.device, dtype=torch.float32)
+    dS_layout = gl.NVMMASharedLayout.get_default_for([t["B_c"], t["B_r"]], DTYPES[q.dtype])
+    fa3_bwd_kernel[(N // t["B_c"], B * H)](
+        _matrix(q, t["B_r"]), _matrix(k, t["B_c"]), _matrix(v, t["B_c"]), _matrix(do, t["B_r"]),
+        _matrix(dk, t["B_c"]), _matrix(dv, t["B_c"]), dq_acc, lse, delta, N, H, scale * LOG2E, scale,
+        dS_layout=dS_layout, CAUSAL=causal, STAGES=t["STAGES"], num_warps=t["num_warps"])
+    dq.copy_(dq_acc)

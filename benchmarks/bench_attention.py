@@ -16,7 +16,8 @@ boolean mask; providers that take no mask or no dropout report an error and are 
 128 tiles (its density recorded); a block mask does not combine with the padding mask, so it
 runs without it. FLOPs count the dense N x N in every case. `flash-gluon` (`-overlap`, `-specialized`, `-pingpong`):
 flash with the Hopper forward written in Gluon (attention/hopper.py's variants, experimental)
-where it applies, flash.py's otherwise.
+where it applies, flash.py's otherwise; `flash-gluon-bwd` its one-kernel backward with flash.py's
+forward, `flash-gluon-all` both (the plain forward).
 
     python -m benchmarks.bench_attention --out benchmarks/results/h200/attention
 """
@@ -75,19 +76,39 @@ def flash_butterfly_fn():
     return fn
 
 
-def flash_gluon_fn(variant):
-    """flash with its Hopper forward in Gluon (attention/hopper.py; the backward is flash.py's)
-    where that applies: the launch option set around each call, so that `flash` in the same run
-    keeps the portable forward (the option selects a forward; no compiled kernel depends on it)."""
+class _SetOptions(torch.autograd.Function):
+    """The identity, whose backward sets flash's launch options: placed after a call, it sets
+    them before the call's own backward runs; placed before it (on the inputs), after."""
+
+    @staticmethod
+    def forward(ctx, options, *xs):
+        ctx.options = options
+        return tuple(x.view_as(x) for x in xs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        from attention import flash as kernels
+        kernels.options.update(ctx.options)
+        return (None, *grads)
+
+
+def flash_gluon_fn(variant="off", backward=False):
+    """flash with its Hopper forward variant and/or its one-kernel backward in Gluon
+    (attention/hopper.py) where those apply: the launch options set around the call and, through
+    _SetOptions, around its backward, so that `flash` in the same run keeps the portable kernels
+    (the options select kernels; no compiled kernel depends on them)."""
     from attention import flash as kernels
     flash = get_attention("flash")
+    on, off = dict(gluon=variant, gluon_backward=backward), dict(gluon="off", gluon_backward=False)
 
-    def fn(*args, **kwargs):
-        kernels.options["gluon"] = variant
+    def fn(q, k, v, **kwargs):
+        q, k, v = _SetOptions.apply(off, q, k, v)
+        kernels.options.update(on)
         try:
-            return flash(*args, **kwargs)
+            o = flash(q, k, v, **kwargs)
         finally:
-            kernels.options["gluon"] = "off"
+            kernels.options.update(off)
+        return _SetOptions.apply(on, o)[0]
     return fn
 
 
@@ -107,6 +128,8 @@ def providers(names):
         "flash-gluon-overlap": lambda: flash_gluon_fn("overlap"),
         "flash-gluon-specialized": lambda: flash_gluon_fn("specialized"),
         "flash-gluon-pingpong": lambda: flash_gluon_fn("pingpong"),
+        "flash-gluon-bwd": lambda: flash_gluon_fn(backward=True),
+        "flash-gluon-all": lambda: flash_gluon_fn("plain", backward=True),
         "sdpa-efficient": lambda: get_attention("sdpa", kernel="efficient"),
         "flash1": lambda: get_attention("flash1"),
         "sdpa-flash": lambda: get_attention("sdpa", kernel="flash"),

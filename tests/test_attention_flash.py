@@ -360,6 +360,10 @@ def test_launch_options_one_home(launch, monkeypatch):
     launch()
     assert flash.options["gluon"] == "plain"
     monkeypatch.delenv("FLASH_GLUON")
+    monkeypatch.setenv("FLASH_GLUON_BWD", "1")
+    launch()
+    assert flash.options["gluon_backward"] is True
+    monkeypatch.delenv("FLASH_GLUON_BWD")
     with pytest.raises(ValueError, match=re.escape("gluon='fa3' is not one of: off | plain | overlap | specialized | pingpong")):
         launch(gluon="fa3")
     flash._COMPILED["entry"] = flash._tuned["entry"] = None

@@ -66,27 +66,43 @@ def test_flash_takes_the_gluon_forward_only_where_it_applies(monkeypatch):
 
 def compile_for_sm90(variant, D, causal):
     """The kernel through Gluon, the NVIDIA backend and ptxas for sm90, no GPU needed: what a
-    check reads of it. Run without TRITON_INTERPRET, which would hand Gluon interpreted helpers."""
+    check reads of it. Run without TRITON_INTERPRET, which would hand Gluon interpreted helpers.
+    variant "backward": the one-kernel backward."""
+    from triton.runtime.jit import mangle_type
+    from triton.experimental.gluon import language as gl
+    q = qkv(D=D)[0]
+    if variant == "backward":
+        tiles = hopper.BWD_TILES[D]
+        rows = dict(Q_desc="B_r", K_desc="B_c", V_desc="B_c", dO_desc="B_r", dK_desc="B_c", dV_desc="B_c")
+        descs = {name: hopper._matrix(q, tiles[r]) for name, r in rows.items()}
+        scalars = {"dQ": "*fp32", "LSE": "*fp32", "Delta": "*fp32", "N": "i32", "H": "i32", "qk_scale": "fp32",
+                   "scale": "fp32"}
+        constexprs = {"dS_layout": gl.NVMMASharedLayout.get_default_for([tiles["B_c"], tiles["B_r"]], gl.bfloat16),
+                      "CAUSAL": causal, "STAGES": tiles["STAGES"], "num_warps": tiles["num_warps"]}
+        kernel = hopper.fa3_bwd_kernel
+    else:
+        tiles = hopper.TILES[variant][D]
+        descs = dict(zip(["Q_desc", "K_desc", "V_desc", "O_desc"], hopper.descriptors(q, q, q, q, variant)))
+        scalars = {"LSE": "*fp32", "N": "i32", "H": "i32", "qk_scale": "fp32"}
+        constexprs = {"CAUSAL": causal, "SCHEDULE": variant, "STAGES": tiles["STAGES"], "num_warps": tiles["num_warps"]}
+        kernel = hopper.fa3_fwd_kernel
+    signature = {**{k: mangle_type(v) for k, v in descs.items()}, **scalars, **dict.fromkeys(constexprs, "constexpr")}
+    return _compiled(kernel, signature, constexprs, tiles["num_warps"])
+
+
+def _compiled(kernel, signature, constexprs, num_warps):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime.jit import mangle_type
-    q = qkv(D=D)[0]
-    tiles = hopper.TILES[variant][D]
-    descs = dict(zip(["Q_desc", "K_desc", "V_desc", "O_desc"], hopper.descriptors(q, q, q, q, variant)))
-    signature = {**{k: mangle_type(v) for k, v in descs.items()}, "LSE": "*fp32", "N": "i32", "H": "i32",
-                 "qk_scale": "fp32", "CAUSAL": "constexpr", "SCHEDULE": "constexpr", "STAGES": "constexpr",
-                 "num_warps": "constexpr"}
-    src = GluonASTSource(hopper.fa3_fwd_kernel, signature=signature,
-                         constexprs={"CAUSAL": causal, "SCHEDULE": variant, "STAGES": tiles["STAGES"],
-                                     "num_warps": tiles["num_warps"]})
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": tiles["num_warps"]})
-    ptx = kernel.asm["ptx"]
-    return {"cubin": len(kernel.asm["cubin"]), "wgmma": "wgmma.mma_async" in ptx, "tma": "cp.async.bulk.tensor" in ptx,
-            "shared": kernel.metadata.shared}
+    src = GluonASTSource(kernel, signature=signature, constexprs=constexprs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    ptx = compiled.asm["ptx"]
+    return {"cubin": len(compiled.asm["cubin"]), "wgmma": "wgmma.mma_async" in ptx, "tma": "cp.async.bulk.tensor" in ptx,
+            "atomics": "red.global" in ptx or "atom.global" in ptx, "shared": compiled.metadata.shared}
 
 
-CASES = [(variant, D, causal) for variant in hopper.VARIANTS for D in hopper.HEAD_DIMS for causal in (False, True)]
+CASES = [(variant, D, causal) for variant in (*hopper.VARIANTS, "backward") for D in hopper.HEAD_DIMS
+         for causal in (False, True)]
 
 
 @pytest.fixture(scope="module")
@@ -102,21 +118,29 @@ def compiled():
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_compiles_for_sm90(compiled, case):
-    """TMA copies and wgmma in the PTX, a cubin from ptxas, within Hopper's shared memory."""
+    """TMA copies and wgmma in the PTX, a cubin from ptxas, within Hopper's shared memory; the
+    backward reduces dQ with atomics."""
     k = compiled[case]
     assert k["cubin"] and k["wgmma"] and k["tma"]
     assert k["shared"] <= 227 * 1024
+    assert k["atomics"] == (case[0] == "backward")
 
 
-@pytest.fixture(params=hopper.VARIANTS)
+# The Gluon paths, each as the launch options that select it and the function they route to.
+GLUON_PATHS = [({"gluon": variant}, "forward") for variant in hopper.VARIANTS] + \
+    [({"gluon_backward": True}, "backward"), ({"gluon": "plain", "gluon_backward": True}, "backward")]
+
+
+@pytest.fixture(params=GLUON_PATHS, ids=lambda p: "-".join(map(str, p[0].values())))
 def gluon_on(monkeypatch, request):
-    """The variant, and the calls that took the Gluon forward (flash's options are reset by
-    get_attention, so the tests pass the variant through it)."""
+    """A Gluon path's options, and the calls that took it (flash's options are reset by
+    get_attention, so the tests pass them through it)."""
     from attention import flash
+    options, name = request.param
     calls = []
-    real = hopper.forward
-    monkeypatch.setattr(hopper, "forward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    yield request.param, calls
+    real = getattr(hopper, name)
+    monkeypatch.setattr(hopper, name, lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    yield options, calls
     flash.configure()
 
 
@@ -126,13 +150,14 @@ def gluon_on(monkeypatch, request):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("N", [128, 1024, 4096])
 def test_matches_reference_on_hopper(gluon_on, dtype, D, causal, N):
+    """The grid's criterion (outputs and gradients) with a Gluon path on, the rest flash.py's."""
     from tests.test_attention_flash import _errors
-    variant, calls = gluon_on
-    errors = _errors("flash", dtype, D, causal, N, N, 0.0, options={"gluon": variant})
+    options, calls = gluon_on
+    errors = _errors("flash", dtype, D, causal, N, N, 0.0, options=options)
     for name, (ours, naive, floor) in zip(["out", "dq", "dk", "dv"], errors):
         assert ours == ours, f"{name}: NaN"
         assert ours <= 2 * naive + floor, f"{name}: error {ours:.2e} > 2 x naive {naive:.2e} + {floor:.1e}"
-    assert calls, "the Gluon forward did not run"
+    assert calls, f"the Gluon path {options} did not run"
 
 
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
@@ -145,3 +170,35 @@ def test_lse_matches_the_portable_kernel(variant):
                                        None, None, 128)
     torch.testing.assert_close(lse, lse_ref, rtol=0, atol=1e-4)
     torch.testing.assert_close(o, o_ref, rtol=0, atol=2e-2)
+
+
+def test_which_backward_calls_it_takes():
+    q, k, v = qkv()
+    assert hopper.supported_backward(q, q, k, v) is None
+    packed = qkv(D=128, dtype=torch.float16, packed=True)  # dK and dV as views of one packed gradient
+    assert hopper.supported_backward(packed[0], *packed) is None
+    assert "dtype" in hopper.supported_backward(q, q.half(), k, v)
+    assert "layout" in hopper.supported_backward(q, q.transpose(1, 2).contiguous().transpose(1, 2), k, v)
+
+
+@pytest.mark.skipif(not (GPU or INTERPRET), reason="needs a CUDA GPU or TRITON_INTERPRET=1")
+def test_flash_takes_the_gluon_backward_only_where_it_applies(monkeypatch):
+    """attention.options.gluon_backward routes flash's backward to hopper.backward when both
+    `supported` checks say yes and no dropout, window or mask is asked for."""
+    from attention import get_attention
+    from attention import flash
+    q, k, v = (torch.randn(1, 32, 2, 16, device=DEVICE, dtype=torch.float16, requires_grad=True) for _ in range(3))
+    fn = get_attention("flash", gluon_backward=True)
+    calls = []
+    try:
+        fn(q, k, v, causal=True).sum().backward()  # not Hopper: the portable backward
+        monkeypatch.setattr(hopper, "supported", lambda *a, **kw: None)
+        monkeypatch.setattr(hopper, "supported_backward", lambda *a, **kw: None)
+        monkeypatch.setattr(hopper, "backward", lambda *a: calls.append(a[6]))
+        fn(q, k, v, causal=True).sum().backward()
+        assert calls == [True]  # the causal flag reached it
+        fn(q, k, v, causal=True, window=8).sum().backward()
+        fn(q, k, v, causal=True, dropout_p=0.1).sum().backward()
+        assert len(calls) == 1  # masks and dropout stay on the portable path
+    finally:
+        flash.configure()

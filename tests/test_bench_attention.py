@@ -64,3 +64,23 @@ def test_resume_measures_only_the_points_a_cut_run_left(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [*args, "--seqlens", "128", "--resume"])
     bench_attention.main()  # another command: nothing of the old table is kept
     assert measured == [128, 256, 128] and len(json.loads((tmp_path / "attention.json").read_text())["rows"]) == 1
+
+
+def test_gluon_providers_run_their_backward_under_their_options(monkeypatch):
+    """flash-gluon-bwd's options hold while autograd runs the call's backward, and are back to
+    the defaults after it, so the other providers of the run keep the portable kernels."""
+    import pytest
+    import torch
+    from attention import flash
+    from benchmarks.bench_attention import providers
+    from tests.conftest import GPU, INTERPRET
+    if not (GPU or INTERPRET):
+        pytest.skip("needs a CUDA GPU or TRITON_INTERPRET=1")
+    seen, real = [], flash._flash2_bwd
+    monkeypatch.setattr(flash, "_flash2_bwd", lambda *a, **kw: seen.append(flash.options["gluon_backward"]) or real(*a, **kw))
+    device = "cuda" if GPU else "cpu"
+    q, k, v = (torch.randn(1, 32, 2, 16, device=device, dtype=torch.float16, requires_grad=True) for _ in range(3))
+    fns = providers(["flash-gluon-bwd", "flash"])
+    fns["flash-gluon-bwd"](q, k, v, causal=True).sum().backward()
+    fns["flash"](q, k, v, causal=True).sum().backward()
+    assert seen == [True, False] and flash.options["gluon_backward"] is False
