@@ -460,8 +460,7 @@ def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, LSE, D
     for t in range(count):
         i = i0 + t
         # Tile t + STAGES - 1's copies go into the slot tile t - 1 used: every warp is past its
-        # wgmmas (the barrier), so no read of that slot is in flight.
-        cta_barrier()
+        # wgmmas (the barrier that ended the last step), so no read of that slot is in flight.
         ahead = t + STAGES - 1
         _load_q_do(Q_desc, dO_desc, row0 + (i0 + ahead) * B_r, col, Q_bar.index(ahead % STAGES),
                    Q_smem.index(ahead % STAGES), dO_smem.index(ahead % STAGES), ahead < count)
@@ -489,7 +488,7 @@ def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, LSE, D
         dV, dK, dQ_i = warpgroup_mma_wait(num_outstanding=0, deps=(dV, dK, dQ_i))
         offsets = gl.expand_dims((row0 + i * B_r + dQ_rows) * (H * D) + col, 1) + gl.expand_dims(dQ_cols, 0)
         gl.atomic_add(dQ + offsets, dQ_i * scale, sem="relaxed")
-        cta_barrier()  # dS^T is read by every warpgroup's dQ wgmma before the next tile overwrites it
+        cta_barrier()  # every warpgroup is done with dS^T and this step's Q_i, dO_i slot
 
     # dK_j (scaled) and dV_j out through TMA, staged in K_j's and V_j's buffers.
     K_smem.store((dK * scale).to(dtype))
