@@ -263,12 +263,13 @@ def _plain(Q_smem, K_smem, V_smem, Q_bar, K_bar, V_bar, K_desc, V_desc, row0, co
     STAGES: gl.constexpr = K_smem.type.shape[0]
     B_c: gl.constexpr = K_smem.type.shape[1]
     S_layout: gl.constexpr = mma_layout(gl.num_warps(), B_c)
-    O_layout: gl.constexpr = mma_layout(gl.num_warps(), K_smem.type.shape[2])
+    D: gl.constexpr = K_smem.type.shape[2]
+    O_layout: gl.constexpr = mma_layout(gl.num_warps(), D)
     B_r: gl.constexpr = Q_smem.type.shape[0]
     rows = first + gl.arange(0, B_r, layout=gl.SliceLayout(1, S_layout))
     m_i = gl.full([B_r], -float("inf"), gl.float32, layout=gl.SliceLayout(1, S_layout))
     l_i = gl.zeros([B_r], gl.float32, layout=gl.SliceLayout(1, S_layout))
-    acc = gl.zeros([B_r, K_smem.type.shape[2]], gl.float32, layout=O_layout)
+    acc = gl.zeros([B_r, D], gl.float32, layout=O_layout)
     mbarrier.wait(Q_bar, 0)
     for j in range(n_tiles):
         # The copies of tile j + STAGES - 1 go into the buffers tile j - 1 used: its

@@ -2,6 +2,12 @@
 the host-side cost per call on a problem too small to hide it.
 
     python -m benchmarks.profile_attention --seqlen 1024 --head-dim 64 --heads 12
+
+Under Nsight Compute, --bare runs the fwd+bwd calls only (no torch.profiler, whose CUPTI use
+would clash with ncu's), so that ncu's kernel filter picks a launch at the real shape:
+
+    ncu --clock-control none -k regex:fa3_bwd --launch-skip 2 --launch-count 1 --section WarpStateStats \
+        python -m benchmarks.profile_attention --providers flash-gluon-bwd --seqlen 4096 --bare
 """
 
 import argparse
@@ -48,6 +54,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--causal", type=int, default=1)
     ap.add_argument("--host-profile", action="store_true", help="cProfile of the host path, per provider")
+    ap.add_argument("--bare", action="store_true", help="only the fwd+bwd calls, for a profiler attached from outside")
     args = ap.parse_args()
     b, n = max(1, args.tokens // args.seqlen), args.seqlen
     for name, fn in providers(args.providers.split(",")).items():
@@ -57,6 +64,8 @@ def main():
         for _ in range(5):
             fn(q, k, v, causal=bool(args.causal)).backward(do)
         torch.cuda.synchronize()
+        if args.bare:
+            continue
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             for _ in range(10):
                 fn(q, k, v, causal=bool(args.causal)).backward(do)
