@@ -63,6 +63,16 @@ def test_markdown_and_plot(tmp_path):
     assert (tmp_path / "speed.png").stat().st_size > 5_000
 
 
+def test_masked_variants_get_no_mfu_and_a_run_without_references_no_ratios(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    rows = train_speed.add_mfu([row("flash", [400e3] * 3), row("flash-window1k", [800e3] * 3), row("flash-butterfly", [900e3] * 3)])
+    assert 0 < rows[0]["mfu"] < 1 and "mfu" not in rows[1] and "mfu" not in rows[2]
+    text = train_speed.markdown(rows, {"device": "GPU", "torch": "2", "triton": "3"})
+    line = next(x for x in text.splitlines() if x.startswith("| flash-window1k |"))
+    assert "nanx" not in text and [c.strip() for c in line.split("|")[3:7]] == ["", "", "", ""]
+
+
 def test_compiled_variants_are_timed_together_and_hf_alone():
     names = ["flash", "hf-eager", "nanogpt", "hf-eager-attn-mb4k", "flash-eager"]
     assert train_speed.groups(names) == [["flash", "nanogpt", "flash-eager"], ["hf-eager"], ["hf-eager-attn-mb4k"]]
