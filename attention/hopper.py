@@ -54,12 +54,16 @@ import functools
 import math
 
 import torch
+import triton
+import triton.language as tl
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from triton.runtime.jit import constexpr_function
+
+from attention.flash import _row_delta
 
 # TMA copies: Triton 3.6 (the GPU image's) names them async_copy_global_to_shared /
 # async_copy_shared_to_global, later Tritons async_load / async_store.
@@ -592,14 +596,41 @@ def forward(q, k, v, causal, scale, variant):
     return o, lse
 
 
+@triton.jit
+def bwd_preprocess_kernel(O, dO, Delta, dQ, N, H, stride_ob, stride_on, stride_oh, stride_dob, stride_don, stride_doh,
+                          D: tl.constexpr, B_r: tl.constexpr):
+    """The backward's first pass, over B_r rows of one head: Delta_i = rowsum(dO_i * O_i) into
+    (B, H, N), and the rows' fp32 dQ accumulator ((B, N, H, d), contiguous) zeroed for the
+    kernel's atomic adds. One read of O and dO in their own dtype, no fp32 copies of them."""
+    i = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)  # 64-bit offsets: B N H d may pass 2^31
+    b, h = bh // H, bh % H
+    rows = i * B_r + tl.arange(0, B_r)
+    cols = tl.arange(0, D)
+    o = tl.load(O + b * stride_ob + h * stride_oh + rows[:, None] * stride_on + cols[None, :])
+    do = tl.load(dO + b * stride_dob + h * stride_doh + rows[:, None] * stride_don + cols[None, :])
+    tl.store(Delta + bh * N + rows, _row_delta(o, do, Delta, rows, rows < N, False))
+    tl.store(dQ + ((b * N + rows[:, None]) * H + h) * D + cols[None, :], tl.zeros([B_r, D], tl.float32))
+
+
+def preprocess(do, o):
+    """Delta (B, H, N) fp32 and a zeroed fp32 dQ accumulator (B, N, H, d), in one pass."""
+    B, N, H, D = o.shape
+    delta = torch.empty(B, H, N, device=o.device, dtype=torch.float32)
+    dq_acc = torch.empty(B, N, H, D, device=o.device, dtype=torch.float32)
+    B_r = 64  # N is a multiple of 128 here (`supported`)
+    bwd_preprocess_kernel[(N // B_r, B * H)](o, do, delta, dq_acc, N, H, o.stride(0), o.stride(1), o.stride(2),
+                                             do.stride(0), do.stride(1), do.stride(2), D=D, B_r=B_r)
+    return delta, dq_acc
+
+
 def backward(do, q, k, v, o, lse, causal, scale, dq, dk, dv):
     """dQ, dK, dV of softmax(s Q K^T) V into dq, dk, dv (B, N, H, d) from the forward's o and
     lse (natural log, (B, H, N)), for a call that `supported` and `supported_backward` accept
     (flash.py's dispatch asks both)."""
     B, N, H, D = q.shape
     t = BWD_TILES[D]
-    delta = (do.float() * o.float()).sum(-1).transpose(1, 2).contiguous()  # Delta_i = rowsum(dO_i * O_i)
-    dq_acc = torch.zeros(B, N, H, D, device=q.device, dtype=torch.float32)
+    delta, dq_acc = preprocess(do, o if o.stride(-1) == 1 else o.contiguous())
     dS_layout = gl.NVMMASharedLayout.get_default_for([t["B_c"], t["B_r"]], DTYPES[q.dtype])
     fa3_bwd_kernel[(N // t["B_c"], B * H)](
         _matrix(q, t["B_r"]), _matrix(k, t["B_c"]), _matrix(v, t["B_c"]), _matrix(do, t["B_r"]),

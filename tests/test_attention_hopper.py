@@ -1,7 +1,7 @@
 """attention/hopper.py, the Gluon forward for Hopper: on the CPU, which calls it takes (the
 dispatch rules) and that each variant compiles for sm90 through ptxas; on a Hopper GPU, the
-grid's criterion (error at most 2x the same-dtype reference's, outputs and gradients, the
-backward being flash.py's) with the Gluon forward switched on and seen to run."""
+grid's criterion (error at most 2x the same-dtype reference's, outputs and gradients) with each
+Gluon path switched on and seen to run. The backward's Triton preprocess runs on both."""
 
 import json
 import os
@@ -170,6 +170,21 @@ def test_lse_matches_the_portable_kernel(variant):
                                        None, None, 128)
     torch.testing.assert_close(lse, lse_ref, rtol=0, atol=1e-4)
     torch.testing.assert_close(o, o_ref, rtol=0, atol=2e-2)
+
+
+@pytest.mark.skipif(not (GPU or INTERPRET), reason="needs a CUDA GPU or TRITON_INTERPRET=1")
+def test_backward_preprocess_is_delta_and_a_zeroed_dq(monkeypatch):
+    """Delta_i = rowsum(dO_i * O_i) in fp32, (B, H, N), and the dQ accumulator all zeros (its
+    buffer handed over full of NaN); O as a view of a packed tensor, dO contiguous."""
+    full = torch.full
+    monkeypatch.setattr(hopper.torch, "empty", lambda *shape, **kw: full(shape, float("nan"), **kw))
+    B, N, H, D = 2, 128, 3, 64
+    o = torch.randn(B, N, 2, H, D, device=DEVICE, dtype=torch.bfloat16)[:, :, 1]
+    do = torch.randn(B, N, H, D, device=DEVICE, dtype=torch.bfloat16)
+    delta, dq_acc = hopper.preprocess(do, o)
+    want = (do.float() * o.float()).sum(-1).transpose(1, 2)
+    torch.testing.assert_close(delta, want, rtol=1e-5, atol=1e-4)
+    assert dq_acc.dtype == torch.float32 and dq_acc.shape == (B, N, H, D) and not dq_acc.any()
 
 
 def test_which_backward_calls_it_takes():
