@@ -54,7 +54,11 @@ def typed(recorded):
 
 def commit():
     """The checkout's short commit, with -dirty when tracked files differ from it; None
-    outside a git checkout (a copied tree on a GPU machine)."""
+    outside a git checkout. BENCH_COMMIT, where set, wins: a GPU machine's copy of the tree can
+    carry a stale .git (seen on 2026-12-03: it named the session's first commit), so a run
+    there is told the commit it was sent with."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()

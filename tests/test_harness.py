@@ -27,10 +27,13 @@ def test_command_is_what_a_user_types(monkeypatch):
     assert harness.typed("python -m benchmarks.reproduce OUT") == "python -m benchmarks.reproduce OUT"
 
 
-def test_metadata_and_the_files_written(tmp_path):
+def test_metadata_and_the_files_written(tmp_path, monkeypatch):
     meta = harness.metadata(["--out", str(tmp_path)], tokens=16384)
     assert meta["command"].endswith("--out OUT") and meta["tokens"] == 16384
     assert meta["commit"] is None or len(meta["commit"].split("-")[0]) >= 7
+    monkeypatch.setenv("BENCH_COMMIT", "abc1234")  # what a GPU run is told, over its copy's .git
+    assert harness.metadata([])["commit"] == "abc1234"
+    monkeypatch.delenv("BENCH_COMMIT")
     rows = [{"n": 1, "ratio": float("nan")}, {"n": 2, "ratio": float("inf")}, {"n": 3, "ratio": 1.5}]
     table = harness.md_table(["n", "ratio"], [[r["n"], r["ratio"]] for r in rows])
     harness.write(tmp_path / "out", "bench", meta, rows, table, "A benchmark")
