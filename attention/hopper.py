@@ -603,7 +603,7 @@ def bwd_preprocess_kernel(O, dO, Delta, dQ, N, H, stride_ob, stride_on, stride_o
     (B, H, N), and the rows' fp32 dQ accumulator ((B, N, H, d), contiguous) zeroed for the
     kernel's atomic adds. One read of O and dO in their own dtype, no fp32 copies of them."""
     i = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)  # 64-bit offsets: B N H d may pass 2^31
+    bh = tl.program_id(1)  # 32-bit offsets: supported_backward refuses 2^31 elements or more
     b, h = bh // H, bh % H
     rows = i * B_r + tl.arange(0, B_r)
     cols = tl.arange(0, D)
