@@ -72,7 +72,9 @@ def run_facts(run_dir):
         m = checkpoints.PATTERN.fullmatch(Path(t["init_from"]).name)
         parent_tokens = int(m.group(1)) * t["batch_tokens"] if m else None
     steps = max(r["step"] for r in rows)
-    return {"run": run_dir.name, "protocol": PROTOCOLS.get(cfg["wandb"]["group"], cfg["wandb"]["group"]),
+    return {"run": run_dir.name, "device": cfg.get("env", {}).get("device"),
+            "parent": Path(t["init_from"]).parent.name if t.get("init_from") else None,
+            "protocol": PROTOCOLS.get(cfg["wandb"]["group"], cfg["wandb"]["group"]),
             "context": cfg["context"], "seed": t["seed"], "attention": cfg["attention"]["name"],
             "init_from": t.get("init_from"), "init_positions": t.get("init_positions") if t.get("init_from") else None,
             "train_tokens": (parent_tokens or 0) + steps * t["batch_tokens"], "parent_tokens": parent_tokens,
@@ -89,9 +91,9 @@ def unscored(run_dir):
             "val_ppl_ctx1024": None, "val_ppl_sliding": None}
 
 
-def score(run_dir, val, device, attention):
+def score(run_dir, val, device, attention, parent=None):
     from training.weights import load_model
-    facts = run_facts(run_dir)
+    facts = {**run_facts(run_dir), **({"parent": parent} if parent else {})}
     model, account = load_model(run_dir, attention=attention)
     model.to(device).eval()
     n = (len(val) - 1) // SPAN * SPAN
@@ -110,8 +112,8 @@ def score(run_dir, val, device, attention):
 
 
 def summary(paths, meta):
-    runs = [json.loads(Path(p).read_text()) for p in paths]
-    keys = ("protocol", "context", "seed", "init_positions", "train_tokens", "schedule_tokens", "val_tokens", "val_ppl", "val_ppl_ctx1024",
+    runs = [{**json.loads(Path(p).read_text()), "run": Path(p).stem} for p in paths]  # a score is named after its run
+    keys = ("protocol", "context", "seed", "init_positions", "parent", "device", "train_tokens", "schedule_tokens", "val_tokens", "val_ppl", "val_ppl_ctx1024",
             "val_ppl_sliding", "loss_by_position", "curve", "tokens_per_s", "train_time_s", "attention", "run")
     runs = sorted(({k: r.get(k) for k in keys} for r in runs),
                   key=lambda r: (r["protocol"], r["context"], r["init_positions"] or "", r["train_tokens"], r["seed"]))
@@ -119,22 +121,59 @@ def summary(paths, meta):
 
 
 def by_config(runs):
-    """Runs of one configuration and budget over seeds: each seed's ppl, and its ratio to its 1K
-    baseline of the same seed and the same training tokens (the paired comparison): a staged run
-    against the control (both continue the same parent), a scratch run against scratch 1024."""
+    """Runs of one configuration and budget over seeds: each seed's ppl, their spread, and each
+    run's ratio to the 1K run it is paired with (pair())."""
     runs = [r for r in runs if r["val_ppl"] is not None]
-    ppl = {(label(r), r["seed"], r["train_tokens"]): r["val_ppl"] for r in runs}
     groups = {}
     for r in runs:
         groups.setdefault((label(r), r["train_tokens"]), []).append(r)
     out = []
     for (name, _), rs in groups.items():
         base = baseline(rs[0])
-        ratios = [r["val_ppl"] / ppl[k] for r in rs if base and (k := (base, r["seed"], r["train_tokens"])) in ppl]
+        pairs = [pair(r, runs) for r in rs]
+        paired = base is not None and all(pairs)
+        ppl = [r["val_ppl"] for r in rs]
         out.append({"config": name, "train_tokens": rs[0]["train_tokens"], "seeds": [r["seed"] for r in rs],
-                    "val_ppl": [r["val_ppl"] for r in rs], "val_ppl_mean": statistics.fmean(r["val_ppl"] for r in rs),
-                    "baseline": base, "ratio_to_baseline": ratios if base and len(ratios) == len(rs) else None})
+                    "parents": [r.get("parent") for r in rs], "val_ppl": ppl, "val_ppl_mean": statistics.fmean(ppl),
+                    "val_ppl_spread": max(ppl) - min(ppl) if len(ppl) > 1 else None, "baseline": base,
+                    "ratio_to_baseline": [r["val_ppl"] / b["val_ppl"] for r, (b, _) in zip(rs, pairs)] if paired else None,
+                    "same_parent": [same for _, same in pairs] if paired else None})
     return out
+
+
+def pair(r, runs):
+    """(the 1K run r is compared with, whether it continues the same parent weights), or None.
+    Same seed and training tokens; a scratch run pairs with scratch 1024, a staged run with the
+    control that continues its parent, or, where that parent has no control, the control of
+    another training of the same seed's parent (GPU training is not bitwise repeatable: such a
+    pair carries that run-to-run spread too)."""
+    base = baseline(r)
+    if base is None:
+        return None
+    same = [b for b in runs if label(b) == base and b["seed"] == r["seed"] and b["train_tokens"] == r["train_tokens"]]
+    if r["protocol"] != "staged":
+        return (same[0], True) if same else None
+    parent = [b for b in same if b.get("parent") == r.get("parent")]
+    return (parent[0], True) if parent else (same[0], False) if same else None
+
+
+def ordering(summ, protocol="staged"):
+    """Protocol b's claim from the data: each context's paired ratios to its 1K control, and
+    whether the contexts' ranges are disjoint and ordered (a longer context better at every seed)."""
+    ranges = {}
+    for c in summ["by_config"]:
+        if c["ratio_to_baseline"] and c["config"].startswith(protocol) and c["config"].endswith("(copy)"):
+            ranges[int(c["config"].split()[1])] = (min(c["ratio_to_baseline"]), max(c["ratio_to_baseline"]), len(c["seeds"]))
+    if not ranges:
+        return None
+    ranges[1024] = (1.0, 1.0, None)
+    ctx = sorted(ranges)
+    ordered = all(ranges[hi][1] < ranges[lo][0] for lo, hi in zip(ctx, ctx[1:]))
+    parts = [f"{c}: {ranges[c][0]:.3f}-{ranges[c][1]:.3f}x ({ranges[c][2]} runs)" for c in ctx[:0:-1]]
+    return (f"{protocol}, ppl over the paired 1K control, position table copied: " + "; ".join(parts)
+            + (". Every run of a longer context is below every run of a shorter one: ppl("
+               + ") < ppl(".join(f"{c // 1024}K" for c in ctx[::-1]) + "), outside the run-to-run spread."
+               if ordered else ". The ranges overlap: the order is not shown outside the run-to-run spread."))
 
 
 def baseline(r):
@@ -167,23 +206,28 @@ def table(summ):
     """Markdown: one row a run, ppl on the same targets, the truncated and sliding scorings, loss by position."""
     buckets = [f"{lo}-{hi - 1}" for lo, hi in BUCKETS]
     fmt = lambda v, f="{:.2f}": "" if v is None else f.format(v)
-    lines = ["| run | seed | train tokens | val ppl | ppl, context cut to 1024 | ppl, sliding window | "
-             + " | ".join(f"loss {b}" for b in buckets) + " | tokens/s |",
-             "|---|---|---|---|---|---|" + "---|" * len(buckets) + "---|"]
+    lines = ["| run | seed | parent | train tokens | val ppl | ppl, context cut to 1024 | ppl, sliding window | "
+             + " | ".join(f"loss {b}" for b in buckets) + " | tokens/s | GPU |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(buckets) + "---|---|"]
     for r in summ["runs"]:
         ppl = fmt(r["val_ppl"]) if r["val_ppl"] is not None else f"not scored ({stopped(r)})"
-        lines.append(f"| {label(r)} | {r['seed']} | {r['train_tokens'] / 1e6:.0f}M | {ppl} | "
+        lines.append(f"| {label(r)} | {r['seed']} | {r.get('parent') or ''} | {r['train_tokens'] / 1e6:.0f}M | {ppl} | "
                      f"{fmt(r['val_ppl_ctx1024'])} | {fmt(r['val_ppl_sliding'])} | "
                      + " | ".join(fmt(r["loss_by_position"].get(b), "{:.3f}") for b in buckets)
-                     + f" | {fmt(r['tokens_per_s'], '{:,.0f}')} |")
-    lines += ["", "| configuration | train tokens | seeds | val ppl, each seed | mean | paired with | ppl / paired run's |",
-              "|---|---|---|---|---|---|---|"]
+                     + f" | {fmt(r['tokens_per_s'], '{:,.0f}')} | {(r.get('device') or '').replace('NVIDIA ', '')} |")
+    lines += ["", "| configuration | train tokens | seeds | val ppl, each seed | mean | spread | paired with | ppl / paired run's |",
+              "|---|---|---|---|---|---|---|---|"]
     for c in summ["by_config"]:
-        ratios = ", ".join(f"{x:.3f}" for x in c["ratio_to_baseline"]) if c["ratio_to_baseline"] else ""
+        marks = c.get("same_parent") or [True] * len(c["seeds"])
+        ratios = ", ".join(f"{x:.3f}" + ("" if same else "*") for x, same in zip(c["ratio_to_baseline"], marks)) \
+            if c["ratio_to_baseline"] else ""
         lines.append(f"| {c['config']} | {c['train_tokens'] / 1e6:.0f}M | {', '.join(map(str, c['seeds']))} | "
                      f"{', '.join(f'{v:.2f}' for v in c['val_ppl'])} | {c['val_ppl_mean']:.2f} | "
-                     f"{c['baseline'] or ''} | {ratios} |")
-    return "\n".join(lines)
+                     f"{fmt(c['val_ppl_spread'])} | {c['baseline'] or ''} | {ratios} |")
+    if any(not all(c.get("same_parent") or [True]) for c in summ["by_config"]):
+        lines += ["", "\\* paired with the control of another training of the same seed's parent, not its own."]
+    verdict = ordering(summ)
+    return "\n".join(lines + (["", verdict] if verdict else []))
 
 
 def stopped(r):
@@ -226,6 +270,8 @@ def main(argv=None):
     s.add_argument("--data", default="gutenberg", help="the data config the runs trained on")
     s.add_argument("--attention", default="flash")
     s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    s.add_argument("--parent", help="the committed name of the run whose weights these runs start from "
+                   "(default: the directory of train.init_from); pairs a staged run with its own control")
     u = sub.add_parser("unscored", help="the score file of a run whose weights are gone: its curve and speed only")
     u.add_argument("runs", nargs="+", type=Path)
     u.add_argument("--out", type=Path, required=True)
@@ -254,7 +300,7 @@ def main(argv=None):
         if not (run / "config.json").is_file():
             print(f"skipping {run}: not a run directory", file=sys.stderr)
             continue
-        result = score(run, val, a.device, a.attention)
+        result = score(run, val, a.device, a.attention, a.parent)
         (a.out / f"{run.name}.json").write_text(json.dumps(result, indent=1))
         print(f"{run.name}: val ppl {result['val_ppl']:.2f} | ctx1024 {result['val_ppl_ctx1024']} | "
               f"sliding {result['val_ppl_sliding']} | {result['loss_by_position']}", flush=True)

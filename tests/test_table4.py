@@ -85,12 +85,12 @@ def test_summary_table_and_figure(tmp_path):
     assert configs["scratch 2048"]["ratio_to_baseline"] is None   # the 1K run has other tokens: not paired
     assert configs["control 1024"]["baseline"] is None
     table = (tmp_path / "out/table.md").read_text()
-    assert "| staged 4096 (copy) | 1 | 268M | 28.40 | 30.10 |" in table
-    assert "| control 1024 | 268M | 1 | 29.60 | 29.60 |  |  |" in table
-    assert "| scratch 4096 | 268M | 1 | 33.00 | 33.00 | scratch 1024 | 1.100 |" in table
+    assert "| staged 4096 (copy) | 1 |  | 268M | 28.40 | 30.10 |" in table
+    assert "| control 1024 | 268M | 1 | 29.60 | 29.60 |  |  |  |" in table
+    assert "| scratch 4096 | 268M | 1 | 33.00 | 33.00 |  | scratch 1024 | 1.100 |" in table
     from benchmarks.reproduce import table4_protocols
     section = table4_protocols(tmp_path / "out")  # the report's Table 4, from summary.json alone
-    assert "| staged 4096 (copy) | 1 | 268M | 28.40 |" in section and "![Table 4](table4/table4.png)" in section
+    assert "| staged 4096 (copy) | 1 |  | 268M | 28.40 |" in section and "![Table 4](table4/table4.png)" in section
     assert "- staged 4096 (copy): val ppl 28.40, 28.60; not paired yet" in section  # seed 2 has no control
     assert "- scratch 4096: val ppl 33.00 (seeds 1), 1.100x scratch 1024 of the same seed and tokens" in section
     assert (tmp_path / "out/table4.png").stat().st_size > 0
@@ -115,5 +115,41 @@ def test_a_run_without_weights_shows_its_curve_and_pairs_with_nothing(tmp_path):
                  "--out", str(tmp_path / "out")])
     summ = json.loads((tmp_path / "out/summary.json").read_text())
     assert [c["config"] for c in summ["by_config"]] == ["scratch 1024"]   # an unscored run is no one's pair
-    assert "| scratch 2048 | 1 | 201M | not scored (curve to 201M of 268M) |" in (tmp_path / "out/table.md").read_text()
+    assert "| scratch 2048 | 1 |  | 201M | not scored (curve to 201M of 268M) |" in (tmp_path / "out/table.md").read_text()
     assert (tmp_path / "out/table4.png").stat().st_size > 0
+
+
+def test_a_staged_run_pairs_with_the_control_of_its_own_parent(tmp_path):
+    """Two trainings of one seed's parent (GPU training is not bitwise repeatable): a staged run is
+    compared with the control continuing its own parent, else with the other training's (marked);
+    the verdict on the contexts' order is computed from the paired ratios."""
+    base = {"protocol": "staged", "context": 4096, "seed": 1, "init_positions": "copy", "train_tokens": 268435456,
+            "val_tokens": 4096, "val_ppl_ctx1024": None, "val_ppl_sliding": None, "loss_by_position": {},
+            "curve": [], "tokens_per_s": 1.0, "train_time_s": 1.0, "attention": "flash"}
+    runs = {"control-a": {**base, "protocol": "control", "context": 1024, "parent": "p-a", "val_ppl": 30.0},
+            "control-b": {**base, "protocol": "control", "context": 1024, "parent": "p-b", "val_ppl": 29.0},
+            "staged-4k": {**base, "parent": "p-a", "val_ppl": 29.1},
+            "staged-2k": {**base, "context": 2048, "parent": "p-b", "val_ppl": 28.42},
+            "staged-2k-s2": {**base, "context": 2048, "seed": 2, "parent": "p-c", "val_ppl": 28.0}}
+    for name, s in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(s))
+    paths = [str(tmp_path / f"{n}.json") for n in runs]
+    summ = table4.summary(paths, {})
+    configs = {c["config"]: c for c in summ["by_config"]}
+    assert configs["staged 4096 (copy)"]["ratio_to_baseline"] == [pytest.approx(29.1 / 30.0)]  # p-a's control, not p-b's
+    assert configs["staged 2048 (copy)"]["ratio_to_baseline"] is None   # seed 2 has no control at all
+    assert configs["control 1024"]["val_ppl_spread"] == pytest.approx(1.0)
+    assert {r["run"] for r in summ["runs"]} == set(runs)   # named after the score file
+    (tmp_path / "staged-2k-s2.json").unlink()
+    (tmp_path / "control-s2.json").write_text(json.dumps({**runs["control-b"], "seed": 2, "parent": "p-d", "val_ppl": 29.0}))
+    (tmp_path / "staged-2k-s2.json").write_text(json.dumps(runs["staged-2k-s2"]))
+    summ = table4.summary(sorted(tmp_path.glob("*.json")), {})
+    staged_2k = next(c for c in summ["by_config"] if c["config"] == "staged 2048 (copy)")
+    assert staged_2k["ratio_to_baseline"] == [pytest.approx(28.42 / 29.0), pytest.approx(28.0 / 29.0)]
+    assert staged_2k["same_parent"] == [True, False]
+    text = table4.table(summ)
+    assert "0.980, 0.966*" in text and "another training of the same seed's parent" in text
+    assert "4096: 0.970-0.970x (1 runs); 2048: 0.966-0.980x (2 runs)" in text and "ranges overlap" in text
+    runs["staged-4k"]["val_ppl"] = 28.5     # 0.950x: below every 2K run
+    (tmp_path / "staged-4k.json").write_text(json.dumps(runs["staged-4k"]))
+    assert "ppl(4K) < ppl(2K) < ppl(1K), outside the run-to-run spread" in table4.table(table4.summary(sorted(tmp_path.glob("*.json")), {}))
