@@ -157,23 +157,31 @@ def pair(r, runs):
     return (parent[0], True) if parent else (same[0], False) if same else None
 
 
-def ordering(summ, protocol="staged"):
-    """Protocol b's claim from the data: each context's paired ratios to its 1K control, and
-    whether the contexts' ranges are disjoint and ordered (a longer context better at every seed)."""
+def ordering(summ, protocol):
+    """A protocol's claim from the data: each context's paired ratios to its 1K run (staged: the
+    position table copied), and whether the contexts' ranges are disjoint and in the paper's
+    order (a longer context better at every run), the reverse, or overlapping."""
     ranges = {}
     for c in summ["by_config"]:
-        if c["ratio_to_baseline"] and c["config"].startswith(protocol) and c["config"].endswith("(copy)"):
-            ranges[int(c["config"].split()[1])] = (min(c["ratio_to_baseline"]), max(c["ratio_to_baseline"]), len(c["seeds"]))
+        name = c["config"].split()
+        if c["ratio_to_baseline"] and name[0] == protocol and (protocol != "staged" or c["config"].endswith("(copy)")):
+            ranges[int(name[1])] = (min(c["ratio_to_baseline"]), max(c["ratio_to_baseline"]), len(c["seeds"]))
     if not ranges:
         return None
     ranges[1024] = (1.0, 1.0, None)
     ctx = sorted(ranges)
-    ordered = all(ranges[hi][1] < ranges[lo][0] for lo, hi in zip(ctx, ctx[1:]))
-    parts = [f"{c}: {ranges[c][0]:.3f}-{ranges[c][1]:.3f}x ({ranges[c][2]} runs)" for c in ctx[:0:-1]]
-    return (f"{protocol}, ppl over the paired 1K control, position table copied: " + "; ".join(parts)
-            + (". Every run of a longer context is below every run of a shorter one: ppl("
-               + ") < ppl(".join(f"{c // 1024}K" for c in ctx[::-1]) + "), outside the run-to-run spread."
-               if ordered else ". The ranges overlap: the order is not shown outside the run-to-run spread."))
+    steps = list(zip(ctx, ctx[1:]))
+    runs = lambda n: f"{n} run" + ("s" if n > 1 else "")
+    parts = [f"{c}: {ranges[c][0]:.3f}-{ranges[c][1]:.3f}x ({runs(ranges[c][2])})" for c in ctx[:0:-1]]
+    chain = lambda sign, order: f" {sign} ".join(f"ppl({c // 1024}K)" for c in order)
+    if all(ranges[hi][1] < ranges[lo][0] for lo, hi in steps):
+        verdict = f"every run of a longer context is below every run of a shorter one: {chain('<', ctx[::-1])}, the paper's order"
+    elif all(ranges[hi][0] > ranges[lo][1] for lo, hi in steps):
+        verdict = f"every run of a longer context is above every run of a shorter one: {chain('>', ctx[::-1])}, the reverse of the paper's order"
+    else:
+        verdict = "the ranges overlap: no order is shown outside the run-to-run spread"
+    what = {"staged": "staged (protocol b), position table copied", "scratch": "scratch (protocol a)"}.get(protocol, protocol)
+    return f"{what}, ppl over the paired 1K run: " + "; ".join(parts) + f". {verdict[0].upper()}{verdict[1:]}."
 
 
 def baseline(r):
@@ -226,8 +234,8 @@ def table(summ):
                      f"{fmt(c['val_ppl_spread'])} | {c['baseline'] or ''} | {ratios} |")
     if any(not all(c.get("same_parent") or [True]) for c in summ["by_config"]):
         lines += ["", "\\* paired with the control of another training of the same seed's parent, not its own."]
-    verdict = ordering(summ)
-    return "\n".join(lines + (["", verdict] if verdict else []))
+    verdicts = [v for v in (ordering(summ, "staged"), ordering(summ, "scratch")) if v]
+    return "\n".join(lines + [x for v in verdicts for x in ("", v)])
 
 
 def stopped(r):
