@@ -583,7 +583,8 @@ OPTIONS = {
     "tma": ("auto", "always", "never"),  # the TMA forward: on Hopper | wherever legal (interpreter too) | never
     "wide": ("auto", "always"),          # int64 offsets where some tensor spans 2^31 elements | always
     "fast_launch": (True, False),        # reuse a compiled kernel per argument signature (see _launch)
-    "gluon": ("off", "plain", "overlap", "specialized", "pingpong"),  # the Gluon forward on Hopper (attention/hopper.py)
+    "gluon": ("auto", "off", "plain", "overlap", "specialized", "pingpong"),  # the Gluon forward on Hopper
+    # (attention/hopper.py): auto runs a variant only at the shapes where it measured faster (hopper.AUTO)
     "gluon_backward": (False, True),     # the Gluon one-kernel backward on Hopper (attention/hopper.py)
 }
 ENVIRONMENT = {"autotune": "FLASH_AUTOTUNE", "tuning_cache": "FLASH_TUNING_CACHE", "tma": "FLASH_TMA",
@@ -596,9 +597,9 @@ def _from_environment():
     """Options the environment sets, each variable 0 or 1: FLASH_AUTOTUNE=0 (the GPU test grid
     would otherwise tune hundreds of shapes), FLASH_TUNING_CACHE=0 (tune in every process),
     FLASH_TMA=0 | 1 (tma never | always), FLASH_WIDE=1 (wide always), FLASH_FAST_LAUNCH=0
-    (Triton's generic launch, to time the difference), FLASH_GLUON=1 (the Gluon forward on Hopper,
-    its plain variant; experimental: off until measured faster), FLASH_GLUON_BWD=1 (its one-kernel
-    backward, likewise)."""
+    (Triton's generic launch, to time the difference), FLASH_GLUON=0 | 1 (the Gluon forward on
+    Hopper never | its plain variant wherever it applies; unset: auto), FLASH_GLUON_BWD=1 (its
+    one-kernel backward; experimental: off until measured faster)."""
     values = {"tma": ("never", "always"), "wide": ("auto", "always"), "gluon": ("off", "plain")}
     out = {}
     for key, var in ENVIRONMENT.items():
@@ -827,13 +828,34 @@ def _mask_args(seed, doc_start, doc_end, blocks, n_heads):
     return *docs, blocks, blocks.stride(0) if blocks.shape[0] == n_heads > 1 else 0, blocks.stride(1), (blocks.shape[2] - 2) // 2
 
 
+def _gluon_variant(q):
+    """The Gluon forward variant the `gluon` option asks for q, or None: off; auto on a Hopper GPU
+    at the shapes hopper.AUTO names, and nowhere else (Gluon is imported only on Hopper, where
+    the image's Triton has it)."""
+    variant = options["gluon"]
+    if variant == "off":
+        return None
+    if variant == "auto":
+        if q.device.type != "cuda" or _capability(q.device)[0] != 9:
+            return None
+        from attention import hopper
+        return hopper.auto_variant(q)
+    return variant
+
+
+@functools.cache
+def _capability(device):
+    return torch.cuda.get_device_capability(device)  # asked once a device: the dispatch runs every call
+
+
 def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, window, doc_start, doc_end, blocks_kv, blocks_q, block):
     """doc_start, doc_end: (B, N_k) int32, each key position's document bounds, or None;
     blocks_kv, blocks_q: a BlockMask's lists (attention/masks.py) of tiles of `block`, or None."""
-    if options["gluon"] != "off" and not (window or dropout_p) and doc_start is None and blocks_kv is None:
-        from attention import hopper  # imports Gluon, which older Tritons lack: only when asked for
+    variant = _gluon_variant(q) if not (window or dropout_p) and doc_start is None and blocks_kv is None else None
+    if variant:
+        from attention import hopper
         if hopper.supported(q, k, v) is None:
-            return hopper.forward(q, k, v, causal, scale, options["gluon"])
+            return hopper.forward(q, k, v, causal, scale, variant)
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
     o = torch.empty_like(q, memory_format=torch.contiguous_format)

@@ -50,7 +50,6 @@ H, d), including views of packed QKV: each of Q, K, V, O is seen as a (B N) x (H
 whose [B_r, d] tile at (b N + i B_r, h d) is head h's tile i.
 """
 
-import functools
 import math
 
 import torch
@@ -63,6 +62,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from triton.runtime.jit import constexpr_function
 
+from attention import flash
 from attention.flash import _row_delta
 
 # TMA copies: Triton 3.6 (the GPU image's) names them async_copy_global_to_shared /
@@ -85,6 +85,10 @@ TILES["specialized"] = TILES["overlap"]
 # thread holds an S tile of B_c = 128 at d = 128 as well.
 TILES["pingpong"] = {64: dict(B_r=128, B_c=128, STAGES=2, num_warps=4, GROUPS=2),
                      128: dict(B_r=128, B_c=128, STAGES=2, num_warps=4, GROUPS=2)}
+# What flash's `gluon=auto` runs, by head dim: (variant, the shortest N it was measured faster at)
+# against flash.py's autotuned forward (benchmarks/results/h200/attention/gluon-auto); a head dim
+# not named keeps the portable forward, where no variant won at every shape.
+AUTO = {128: ("pingpong", 2048)}
 LOG2E = 1.0 / math.log(2.0)
 PINGPONG_REGS = gl.constexpr(240)  # registers a thread of the second consumer warpgroup asks for (setmaxnreg)
 
@@ -519,7 +523,7 @@ def supported(q, k, v, dropout_p=0.0, masks=False, capability=None):
     """Whether this path computes the call: None if so, else the reason it does not.
     capability: the GPU's (major, minor), asked of q's device when not given."""
     if capability is None:
-        capability = _capability(q.device) if q.device.type == "cuda" else None
+        capability = flash._capability(q.device) if q.device.type == "cuda" else None
     if capability is None or capability[0] != 9:
         return "needs a Hopper GPU (sm90)"
     if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
@@ -538,6 +542,13 @@ def supported(q, k, v, dropout_p=0.0, masks=False, capability=None):
     return None
 
 
+def auto_variant(q):
+    """The variant `gluon=auto` runs for q (B, N, H, d), or None for the portable forward: AUTO's
+    head dims and lengths, under 2^31 elements (the larger ones keep the portable int64 path)."""
+    variant, min_n = AUTO.get(q.shape[-1], (None, 0))
+    return variant if variant and q.shape[1] >= min_n and q.numel() < 2**31 else None
+
+
 def supported_backward(q, do, dk, dv):
     """Whether `backward` computes a call the forward's `supported` accepted: None if so, else why not."""
     if do.shape != q.shape or do.dtype != q.dtype or dk.dtype != q.dtype or dv.dtype != q.dtype:
@@ -554,11 +565,6 @@ def _tma_rows(x):
     batches one after another, 16-byte aligned."""
     B, N, H, D = x.shape
     return x.stride(3) == 1 and x.stride(2) == D and x.stride(0) == N * x.stride(1) and x.data_ptr() % 16 == 0
-
-
-@functools.cache
-def _capability(device):
-    return torch.cuda.get_device_capability(device)  # asked once a device: `supported` runs every call
 
 
 def _matrix(x, block_rows):

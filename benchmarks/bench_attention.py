@@ -17,7 +17,8 @@ boolean mask; providers that take no mask or no dropout report an error and are 
 runs without it. FLOPs count the dense N x N in every case. `flash-gluon` (`-overlap`, `-specialized`, `-pingpong`):
 flash with the Hopper forward written in Gluon (attention/hopper.py's variants, experimental)
 where it applies, flash.py's otherwise; `flash-gluon-bwd` its one-kernel backward with flash.py's
-forward, `flash-gluon-all` both (the plain forward).
+forward, `flash-gluon-all` both (the plain forward). `flash` is what a user gets (the Gluon
+forward where `gluon=auto` picks it); `flash-portable` is flash.py's kernels alone.
 
     python -m benchmarks.bench_attention --out benchmarks/results/h200/attention
 """
@@ -99,15 +100,16 @@ def flash_gluon_fn(variant="off", backward=False):
     (the options select kernels; no compiled kernel depends on them)."""
     from attention import flash as kernels
     flash = get_attention("flash")
-    on, off = dict(gluon=variant, gluon_backward=backward), dict(gluon="off", gluon_backward=False)
+    on = dict(gluon=variant, gluon_backward=backward)
 
     def fn(q, k, v, **kwargs):
-        q, k, v = _SetOptions.apply(off, q, k, v)
+        before = {key: kernels.options[key] for key in on}  # what the other providers run under
+        q, k, v = _SetOptions.apply(before, q, k, v)
         kernels.options.update(on)
         try:
             o = flash(q, k, v, **kwargs)
         finally:
-            kernels.options.update(off)
+            kernels.options.update(before)
         return _SetOptions.apply(on, o)[0]
     return fn
 
@@ -123,6 +125,7 @@ def padding_kwargs(padding, batch, n, device, seed=0):
 def providers(names):
     table = {
         "flash": lambda: get_attention("flash"),
+        "flash-portable": lambda: flash_gluon_fn("off"),
         "flash-butterfly": flash_butterfly_fn,
         "flash-gluon": lambda: flash_gluon_fn("plain"),
         "flash-gluon-overlap": lambda: flash_gluon_fn("overlap"),

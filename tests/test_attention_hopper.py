@@ -64,6 +64,36 @@ def test_flash_takes_the_gluon_forward_only_where_it_applies(monkeypatch):
         flash.configure()
 
 
+def test_auto_runs_a_variant_only_where_it_was_measured_faster(monkeypatch):
+    """gluon=auto (the default): hopper.AUTO's variant on a Hopper GPU at its head dims and
+    lengths, under 2^31 elements; the portable forward on other GPUs, the CPU, and other shapes.
+    (Shapes only: meta tensors and a stand-in for a CUDA tensor, no GPU needed.)"""
+    from types import SimpleNamespace
+
+    from attention import flash
+    shape = lambda N=2048, D=128, B=1, H=2: torch.empty(B, N, H, D, device="meta")
+    variant, min_n = hopper.AUTO[128]
+    assert hopper.auto_variant(shape(N=min_n)) == variant
+    assert hopper.auto_variant(shape(N=min_n // 2)) is None and hopper.auto_variant(shape(D=64)) is None
+    assert hopper.auto_variant(shape(N=2**20, B=8, H=16)) is None   # 2^34 elements: the portable int64 path
+    cuda = lambda t: SimpleNamespace(device=torch.device("cuda", 0), shape=t.shape, numel=t.numel)
+    try:
+        flash.configure()
+        assert flash.options["gluon"] == "auto"
+        monkeypatch.setattr(flash, "_capability", lambda device: (9, 0))
+        assert flash._gluon_variant(cuda(shape())) == variant and flash._gluon_variant(cuda(shape(D=64))) is None
+        assert flash._gluon_variant(shape()) is None            # not a CUDA tensor
+        monkeypatch.setattr(flash, "_capability", lambda device: (8, 0))
+        assert flash._gluon_variant(cuda(shape())) is None      # not Hopper
+        flash.configure(gluon="off")
+        monkeypatch.setattr(flash, "_capability", lambda device: (9, 0))
+        assert flash._gluon_variant(cuda(shape())) is None
+        flash.configure(gluon="plain")
+        assert flash._gluon_variant(cuda(shape(D=64))) == "plain"  # asked for: wherever `supported` says yes
+    finally:
+        flash.configure()
+
+
 def compile_for_sm90(variant, D, causal):
     """The kernel through Gluon, the NVIDIA backend and ptxas for sm90, no GPU needed: what a
     check reads of it. Run without TRITON_INTERPRET, which would hand Gluon interpreted helpers.

@@ -68,7 +68,7 @@ def test_resume_measures_only_the_points_a_cut_run_left(tmp_path, monkeypatch):
 
 def test_gluon_providers_run_their_backward_under_their_options(monkeypatch):
     """flash-gluon-bwd's options hold while autograd runs the call's backward, and are back to
-    the defaults after it, so the other providers of the run keep the portable kernels."""
+    what they were after it, so the other providers of the run keep theirs (flash: the defaults)."""
     import pytest
     import torch
     from attention import flash
@@ -84,3 +84,7 @@ def test_gluon_providers_run_their_backward_under_their_options(monkeypatch):
     fns["flash-gluon-bwd"](q, k, v, causal=True).sum().backward()
     fns["flash"](q, k, v, causal=True).sum().backward()
     assert seen == [True, False] and flash.options["gluon_backward"] is False
+    forward, real_fwd = [], flash._flash2_fwd
+    monkeypatch.setattr(flash, "_flash2_fwd", lambda *a, **kw: forward.append(flash.options["gluon"]) or real_fwd(*a, **kw))
+    providers(["flash-portable"])["flash-portable"](q, k, v, causal=True)
+    assert forward == ["off"] and flash.options["gluon"] == "auto"   # the default back for the others
