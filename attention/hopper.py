@@ -85,9 +85,11 @@ TILES["specialized"] = TILES["overlap"]
 # thread holds an S tile of B_c = 128 at d = 128 as well.
 TILES["pingpong"] = {64: dict(B_r=128, B_c=128, STAGES=2, num_warps=4, GROUPS=2),
                      128: dict(B_r=128, B_c=128, STAGES=2, num_warps=4, GROUPS=2)}
-# What flash's `gluon=auto` runs, by head dim: (variant, the shortest N it was measured faster at)
-# against flash.py's autotuned forward (benchmarks/results/h200/attention/gluon-auto); a head dim
-# not named keeps the portable forward, where no variant won at every shape.
+# What flash's `gluon=auto` runs, by head dim: (variant, the shortest N it applies from). Chosen
+# from two H200 runs compared through their TFLOP/s (attention/gluon, and gluon-forward for
+# flash.py's autotuned forward), not yet side by side in one: benchmarks/results/h200/notes.md
+# has the prediction and the command. A head dim not named keeps the portable forward, where no
+# variant won at every shape.
 AUTO = {128: ("pingpong", 2048)}
 LOG2E = 1.0 / math.log(2.0)
 PINGPONG_REGS = gl.constexpr(240)  # registers a thread of the second consumer warpgroup asks for (setmaxnreg)

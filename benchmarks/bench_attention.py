@@ -17,8 +17,9 @@ boolean mask; providers that take no mask or no dropout report an error and are 
 runs without it. FLOPs count the dense N x N in every case. `flash-gluon` (`-overlap`, `-specialized`, `-pingpong`):
 flash with the Hopper forward written in Gluon (attention/hopper.py's variants, experimental)
 where it applies, flash.py's otherwise; `flash-gluon-bwd` its one-kernel backward with flash.py's
-forward, `flash-gluon-all` both (the plain forward). `flash` is what a user gets (the Gluon
-forward where `gluon=auto` picks it); `flash-portable` is flash.py's kernels alone.
+forward, `flash-gluon-all` both (the plain forward). `flash` runs the launch options in
+force (the defaults, or FLASH_*); `flash-portable` is flash.py's kernels alone, `flash-gluon-auto`
+the Gluon forward where `gluon=auto` picks it.
 
     python -m benchmarks.bench_attention --out benchmarks/results/h200/attention
 """
@@ -126,6 +127,7 @@ def providers(names):
     table = {
         "flash": lambda: get_attention("flash"),
         "flash-portable": lambda: flash_gluon_fn("off"),
+        "flash-gluon-auto": lambda: flash_gluon_fn("auto"),
         "flash-butterfly": flash_butterfly_fn,
         "flash-gluon": lambda: flash_gluon_fn("plain"),
         "flash-gluon-overlap": lambda: flash_gluon_fn("overlap"),

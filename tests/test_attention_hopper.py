@@ -65,7 +65,7 @@ def test_flash_takes_the_gluon_forward_only_where_it_applies(monkeypatch):
 
 
 def test_auto_runs_a_variant_only_where_it_was_measured_faster(monkeypatch):
-    """gluon=auto (the default): hopper.AUTO's variant on a Hopper GPU at its head dims and
+    """gluon=auto: hopper.AUTO's variant on a Hopper GPU at its head dims and
     lengths, under 2^31 elements; the portable forward on other GPUs, the CPU, and other shapes.
     (Shapes only: meta tensors and a stand-in for a CUDA tensor, no GPU needed.)"""
     from types import SimpleNamespace
@@ -78,16 +78,15 @@ def test_auto_runs_a_variant_only_where_it_was_measured_faster(monkeypatch):
     assert hopper.auto_variant(shape(N=2**20, B=8, H=16)) is None   # 2^34 elements: the portable int64 path
     cuda = lambda t: SimpleNamespace(device=torch.device("cuda", 0), shape=t.shape, numel=t.numel)
     try:
-        flash.configure()
-        assert flash.options["gluon"] == "auto"
+        flash.configure(gluon="auto")
         monkeypatch.setattr(flash, "_capability", lambda device: (9, 0))
         assert flash._gluon_variant(cuda(shape())) == variant and flash._gluon_variant(cuda(shape(D=64))) is None
         assert flash._gluon_variant(shape()) is None            # not a CUDA tensor
         monkeypatch.setattr(flash, "_capability", lambda device: (8, 0))
         assert flash._gluon_variant(cuda(shape())) is None      # not Hopper
-        flash.configure(gluon="off")
+        flash.configure()
         monkeypatch.setattr(flash, "_capability", lambda device: (9, 0))
-        assert flash._gluon_variant(cuda(shape())) is None
+        assert flash.options["gluon"] == "off" and flash._gluon_variant(cuda(shape())) is None   # the default
         flash.configure(gluon="plain")
         assert flash._gluon_variant(cuda(shape(D=64))) == "plain"  # asked for: wherever `supported` says yes
     finally:

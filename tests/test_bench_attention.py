@@ -86,5 +86,8 @@ def test_gluon_providers_run_their_backward_under_their_options(monkeypatch):
     assert seen == [True, False] and flash.options["gluon_backward"] is False
     forward, real_fwd = [], flash._flash2_fwd
     monkeypatch.setattr(flash, "_flash2_fwd", lambda *a, **kw: forward.append(flash.options["gluon"]) or real_fwd(*a, **kw))
-    providers(["flash-portable"])["flash-portable"](q, k, v, causal=True)
-    assert forward == ["off"] and flash.options["gluon"] == "auto"   # the default back for the others
+    portable = providers(["flash-portable"])["flash-portable"]   # get_attention resets the options: set them after
+    flash.configure(gluon="auto")
+    portable(q, k, v, causal=True)
+    assert forward == ["off"] and flash.options["gluon"] == "auto"   # what it found, back for the others
+    flash.configure()
