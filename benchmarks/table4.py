@@ -245,26 +245,51 @@ def stopped(r):
     return end + (f" of {r['schedule_tokens'] / 1e6:.0f}M" if (r.get("schedule_tokens") or 0) > r["train_tokens"] else "")
 
 
+def position_gain(r, control):
+    """Loss by position of a staged run minus its control's, bucket by bucket; beyond the control's
+    window, minus the control's last bucket (its best-informed positions)."""
+    last = list(control["loss_by_position"].values())[-1]
+    return {b: v - control["loss_by_position"].get(b, last) for b, v in r["loss_by_position"].items()}
+
+
 def figures(summ, out):
+    """Three panels: the training-time curves, loss by position, and protocol b's loss by position
+    against its paired control. One colour a configuration, one line style a run of it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
-    for i, r in enumerate(summ["runs"]):
-        color = f"C{i % 10}"  # one colour a run in both panels, which an unscored run is missing from
+    fig, ax = plt.subplots(1, 3, figsize=(19, 5))
+    color = {c: f"C{i % 10}" for i, c in enumerate(dict.fromkeys(label(r) for r in summ["runs"]))}
+    names = [f"{label(r)}, seed {r['seed']}, {r['train_tokens'] / 1e6:.0f}M" for r in summ["runs"]]
+    scored = [r for r in summ["runs"] if r["val_ppl"] is not None]
+    styles, ticks = {}, [f"{lo}-{hi - 1}" for lo, hi in BUCKETS]
+    for r, name in zip(summ["runs"], names):
+        style = ["-", "--", ":", "-."][styles.setdefault(label(r), []).__len__() % 4]
+        styles[label(r)].append(r)
+        if names.count(name) > 1 or r["val_ppl"] is None:   # the same seed trained twice: say which
+            name += f" ({r['run']})" if r["val_ppl"] is not None else ", not scored"
+        kw = dict(marker="o", ms=3, ls=style, color=color[label(r)], label=name)
         t, ppl = zip(*r["curve"]) if r["curve"] else ((), ())
-        name = f"{label(r)}, seed {r['seed']}, {r['train_tokens'] / 1e6:.0f}M" + ("" if r["val_ppl"] is not None else ", not scored")
-        ax[0].plot([x / 1e6 for x in t], ppl, marker="o", label=name, color=color)
+        ax[0].plot([x / 1e6 for x in t], ppl, **kw)
         b = r["loss_by_position"]
         if b:
-            ax[1].plot(range(len(b)), list(b.values()), marker="o", label=name, color=color)
+            ax[1].plot([ticks.index(k) for k in b], list(b.values()), **kw)
+        paired = pair(r, scored) if r in scored else None
+        if r["protocol"] == "staged" and paired:
+            gain = position_gain(r, paired[0])
+            ax[2].plot([ticks.index(k) for k in gain], list(gain.values()), **kw)
     ax[0].set(xlabel="training tokens (M)", ylabel="validation ppl (training-time evaluation, 4M targets)",
               yscale="log", title="Validation perplexity against tokens seen")
     ax[1].set(xlabel="position in the window", ylabel="validation loss (nats)", title="Loss by position (whole split)")
-    ax[1].set_xticks(range(len(BUCKETS)), [f"{lo}-{hi - 1}" for lo, hi in BUCKETS])
+    ax[2].axhline(0, color="0.3", lw=0.8)
+    ax[2].set(xlabel="position in the window", ylabel="loss - the paired control's (nats)",
+              title="Protocol b against its 1K control\n(beyond 1024: against the control's 512-1023)")
+    for a in ax[1:]:
+        a.set_xticks(range(len(BUCKETS)), ticks)
     for a in ax:
         a.grid(alpha=0.3)
-        a.legend(fontsize=8)
+        if a.get_legend_handles_labels()[0]:   # a panel with runs in it
+            a.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "table4.png", dpi=120)
 
