@@ -306,7 +306,8 @@ def _plain(Q_smem, K_smem, V_smem, Q_bar, K_bar, V_bar, K_desc, V_desc, row0, co
 
 @gluon.jit
 def fa3_fwd_kernel(Q_desc, K_desc, V_desc, O_desc, LSE, N, H, qk_scale,
-                   CAUSAL: gl.constexpr, SCHEDULE: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+                   CAUSAL: gl.constexpr, SCHEDULE: gl.constexpr, STAGES: gl.constexpr, HEADS_OUTER: gl.constexpr,
+                   num_warps: gl.constexpr):
     """SCHEDULE: "plain" (each wgmma waited for before the next step), "overlap" (FA3's
     softmax / wgmma overlap, loads issued by the same warps), "specialized" (the overlap
     schedule in the consumer warps, loads in a producer warp of their own) or "pingpong" (the
@@ -318,8 +319,20 @@ def fa3_fwd_kernel(Q_desc, K_desc, V_desc, O_desc, LSE, N, H, qk_scale,
     D: gl.constexpr = Q_desc.block_type.shape[1]
     B_c: gl.constexpr = K_desc.block_type.shape[0]
     dtype: gl.constexpr = Q_desc.dtype
-    i = gl.program_id(0)            # the query tile
-    bh = gl.program_id(1)           # batch x heads
+    # The program's query tile i and batch x head bh, on a 1-D grid in flash.py's order
+    # (_schedule): a head's tiles one after another (HEADS_OUTER, K and V reused from L2), or one
+    # tile of every head before the next; under the causal mask the last query tiles, which see
+    # the most keys, go first, so the last wave holds the short programs (longest first).
+    n_q = N // B_r
+    pid = gl.program_id(0)
+    if HEADS_OUTER:
+        bh = pid // n_q
+        i = pid % n_q
+    else:
+        bh = pid % (gl.num_programs(0) // n_q)
+        i = pid // (gl.num_programs(0) // n_q)
+    if CAUSAL:
+        i = n_q - 1 - i
     row0 = (bh // H) * N            # this batch's first row in the (B N) x (H d) matrices
     col = (bh % H) * D              # this head's first column
     SPECIALIZED: gl.constexpr = SCHEDULE == "specialized" or SCHEDULE == "pingpong"
@@ -598,9 +611,10 @@ def forward(q, k, v, causal, scale, variant):
     o = torch.empty(B, N, H, D, device=q.device, dtype=q.dtype)
     lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
     t = TILES[variant][D]
-    grid = (N // t["B_r"], B * H)
+    grid = (N // t["B_r"] * B * H, )
     fa3_fwd_kernel[grid](*descriptors(q, k, v, o, variant), lse, N, H, scale * LOG2E, CAUSAL=causal,
-                         SCHEDULE=variant, STAGES=t["STAGES"], num_warps=t["num_warps"])
+                         SCHEDULE=variant, STAGES=t["STAGES"], HEADS_OUTER=flash.heads_outer(q.device, B * H, causal),
+                         num_warps=t["num_warps"])
     return o, lse
 
 

@@ -113,7 +113,8 @@ def compile_for_sm90(variant, D, causal):
         tiles = hopper.TILES[variant][D]
         descs = dict(zip(["Q_desc", "K_desc", "V_desc", "O_desc"], hopper.descriptors(q, q, q, q, variant)))
         scalars = {"LSE": "*fp32", "N": "i32", "H": "i32", "qk_scale": "fp32"}
-        constexprs = {"CAUSAL": causal, "SCHEDULE": variant, "STAGES": tiles["STAGES"], "num_warps": tiles["num_warps"]}
+        constexprs = {"CAUSAL": causal, "SCHEDULE": variant, "STAGES": tiles["STAGES"], "HEADS_OUTER": not causal,
+                      "num_warps": tiles["num_warps"]}
         kernel = hopper.fa3_fwd_kernel
     signature = {**{k: mangle_type(v) for k, v in descs.items()}, **scalars, **dict.fromkeys(constexprs, "constexpr")}
     return _compiled(kernel, signature, constexprs, tiles["num_warps"])
