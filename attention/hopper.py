@@ -305,6 +305,25 @@ def _plain(Q_smem, K_smem, V_smem, Q_bar, K_bar, V_bar, K_desc, V_desc, row0, co
 
 
 @gluon.jit
+def _tile_and_head(n_tiles, HEADS_OUTER: gl.constexpr, LAST_FIRST: gl.constexpr):
+    """(tile, batch x head) of this program on a 1-D grid of n_tiles x batch*heads programs, in
+    flash.py's order (_schedule): a head's tiles one after another (HEADS_OUTER: K and V, or Q
+    and dO, reused from L2), or one tile of every head before the next; LAST_FIRST reverses the
+    tiles, so that under the causal mask the longest programs run first and the last wave holds
+    short ones. The host picks HEADS_OUTER (flash.heads_outer)."""
+    pid = gl.program_id(0)
+    if HEADS_OUTER:
+        bh = pid // n_tiles
+        t = pid % n_tiles
+    else:
+        bh = pid % (gl.num_programs(0) // n_tiles)
+        t = pid // (gl.num_programs(0) // n_tiles)
+    if LAST_FIRST:
+        t = n_tiles - 1 - t
+    return t, bh
+
+
+@gluon.jit
 def fa3_fwd_kernel(Q_desc, K_desc, V_desc, O_desc, LSE, N, H, qk_scale,
                    CAUSAL: gl.constexpr, SCHEDULE: gl.constexpr, STAGES: gl.constexpr, HEADS_OUTER: gl.constexpr,
                    num_warps: gl.constexpr):
@@ -319,20 +338,7 @@ def fa3_fwd_kernel(Q_desc, K_desc, V_desc, O_desc, LSE, N, H, qk_scale,
     D: gl.constexpr = Q_desc.block_type.shape[1]
     B_c: gl.constexpr = K_desc.block_type.shape[0]
     dtype: gl.constexpr = Q_desc.dtype
-    # The program's query tile i and batch x head bh, on a 1-D grid in flash.py's order
-    # (_schedule): a head's tiles one after another (HEADS_OUTER, K and V reused from L2), or one
-    # tile of every head before the next; under the causal mask the last query tiles, which see
-    # the most keys, go first, so the last wave holds the short programs (longest first).
-    n_q = N // B_r
-    pid = gl.program_id(0)
-    if HEADS_OUTER:
-        bh = pid // n_q
-        i = pid % n_q
-    else:
-        bh = pid % (gl.num_programs(0) // n_q)
-        i = pid // (gl.num_programs(0) // n_q)
-    if CAUSAL:
-        i = n_q - 1 - i
+    i, bh = _tile_and_head(N // B_r, HEADS_OUTER, CAUSAL)  # the query tile; under the causal mask the last, longest, first
     row0 = (bh // H) * N            # this batch's first row in the (B N) x (H d) matrices
     col = (bh % H) * D              # this head's first column
     SPECIALIZED: gl.constexpr = SCHEDULE == "specialized" or SCHEDULE == "pingpong"
@@ -431,7 +437,8 @@ def dq_layout(num_warps, d):
 
 @gluon.jit
 def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, LSE, Delta, N, H, qk_scale, scale,
-                   dS_layout: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+                   dS_layout: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr, HEADS_OUTER: gl.constexpr,
+                   num_warps: gl.constexpr):
     """For key tile j and every query tile i that sees it, with P recomputed from the forward's
     LSE and Delta_i = rowsum(dO_i * O_i):
         S^T = K_j Q_i^T,  P^T = exp(s S^T - LSE_i),  dP^T = V_j dO_i^T,  dS^T = P^T * (dP^T - Delta_i)
@@ -447,8 +454,7 @@ def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, LSE, D
     KV_layout: gl.constexpr = mma_layout(num_warps, D)     # dK_j, dV_j: [B_c, D]
     A_layout: gl.constexpr = p_layout(KV_layout)           # P^T, dS^T as wgmma's A, from registers
     dQ_layout: gl.constexpr = dq_layout(num_warps, D)      # dQ_i: [B_r, D]
-    j = gl.program_id(0)            # the key tile
-    bh = gl.program_id(1)           # batch x heads
+    j, bh = _tile_and_head(N // B_c, HEADS_OUTER, False)  # the key tile; the first sees the most queries
     row0 = (bh // H) * N            # this batch's first row in the (B N) x (H d) matrices
     col = (bh % H) * D              # this head's first column
 
@@ -654,8 +660,9 @@ def backward(do, q, k, v, o, lse, causal, scale, dq, dk, dv):
     t = BWD_TILES[D]
     delta, dq_acc = preprocess(do, o if o.stride(-1) == 1 else o.contiguous())
     dS_layout = gl.NVMMASharedLayout.get_default_for([t["B_c"], t["B_r"]], DTYPES[q.dtype])
-    fa3_bwd_kernel[(N // t["B_c"], B * H)](
+    fa3_bwd_kernel[(N // t["B_c"] * B * H, )](
         _matrix(q, t["B_r"]), _matrix(k, t["B_c"]), _matrix(v, t["B_c"]), _matrix(do, t["B_r"]),
         _matrix(dk, t["B_c"]), _matrix(dv, t["B_c"]), dq_acc, lse, delta, N, H, scale * LOG2E, scale,
-        dS_layout=dS_layout, CAUSAL=causal, STAGES=t["STAGES"], num_warps=t["num_warps"])
+        dS_layout=dS_layout, CAUSAL=causal, STAGES=t["STAGES"], HEADS_OUTER=flash.heads_outer(q.device, B * H, causal),
+        num_warps=t["num_warps"])
     dq.copy_(dq_acc)

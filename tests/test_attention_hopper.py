@@ -107,7 +107,7 @@ def compile_for_sm90(variant, D, causal):
         scalars = {"dQ": "*fp32", "LSE": "*fp32", "Delta": "*fp32", "N": "i32", "H": "i32", "qk_scale": "fp32",
                    "scale": "fp32"}
         constexprs = {"dS_layout": gl.NVMMASharedLayout.get_default_for([tiles["B_c"], tiles["B_r"]], gl.bfloat16),
-                      "CAUSAL": causal, "STAGES": tiles["STAGES"], "num_warps": tiles["num_warps"]}
+                      "CAUSAL": causal, "STAGES": tiles["STAGES"], "HEADS_OUTER": not causal, "num_warps": tiles["num_warps"]}
         kernel = hopper.fa3_bwd_kernel
     else:
         tiles = hopper.TILES[variant][D]
