@@ -202,6 +202,51 @@ def test_lse_matches_the_portable_kernel(variant):
     torch.testing.assert_close(o, o_ref, rtol=0, atol=2e-2)
 
 
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("options", [dict(gluon="pingpong", gluon_backward=True), dict(gluon="auto")],
+                         ids=["pingpong-bwd", "auto"])
+def test_torch_compile_traces_through_the_gluon_paths(monkeypatch, options):
+    """flash under torch.compile(fullgraph=True) with the Gluon forward (and backward) on: no graph
+    break, the same outputs and gradients as eager up to bf16 rounding, and the Gluon kernels ran."""
+    from attention import flash
+    from attention.flash import flash_attention
+    calls = []
+    for name in ("forward", "backward"):
+        real = getattr(hopper, name)
+        monkeypatch.setattr(hopper, name, lambda *a, _real=real, _name=name, **kw: calls.append(_name) or _real(*a, **kw))
+    try:
+        flash.configure(**options)
+        q, k, v = (torch.randn(2, 2048, 4, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                   for _ in range(3))
+        fn = lambda q, k, v: flash_attention(q, k, v, causal=True)  # noqa: E731
+        o, o_ref = torch.compile(fn, fullgraph=True)(q, k, v), fn(q, k, v)
+        torch.testing.assert_close(o, o_ref, rtol=2e-2, atol=2e-2)
+        g = torch.autograd.grad(o.float().sum(), (q, k, v))
+        g_ref = torch.autograd.grad(o_ref.float().sum(), (q, k, v))
+        for a, b in zip(g, g_ref):
+            torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+        assert "forward" in calls and ("backward" in calls) == options.get("gluon_backward", False)
+    finally:
+        flash.configure()
+
+
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+def test_forward_at_2_31_elements():
+    """The Gluon forward asked for explicitly at 2^31 elements a tensor (16 GB of q, k, v, o):
+    the first and last heads (the last past 2^31 elements from the start) against SDPA on those
+    heads alone; `auto` leaves such a call to the portable kernel's int64 path."""
+    import torch.nn.functional as F
+    B, N, H, D = 1, 131072, 128, 128
+    assert B * N * H * D == 2**31
+    q, k, v = (torch.randn(B, N, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    assert hopper.auto_variant(q) is None
+    o, lse = hopper.flash_fwd(q, k, v, causal=True, variant="plain")
+    for h in (0, H - 1):
+        one = lambda x: x[:, :, h:h + 1].transpose(1, 2)  # noqa: E731  (B, 1, N, d) for SDPA
+        ref = F.scaled_dot_product_attention(one(q), one(k), one(v), is_causal=True).transpose(1, 2)
+        torch.testing.assert_close(o[:, :, h:h + 1], ref, rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.skipif(not (GPU or INTERPRET), reason="needs a CUDA GPU or TRITON_INTERPRET=1")
 def test_backward_preprocess_is_delta_and_a_zeroed_dq(monkeypatch):
     """Delta_i = rowsum(dO_i * O_i) in fp32, (B, H, N), and the dQ accumulator all zeros (its
