@@ -8,8 +8,9 @@ bottom-right (query i sees key j <= i + N_k - N_q) in every backend.
     from attention import get_attention
     attn = get_attention("sdpa", kernel="flash")
 
-Options (`attention.options` in the Hydra config) are the backend's own, declared in its
-module's OPTIONS (name -> allowed values): keyword arguments of its function (sdpa's kernel), or,
+Options (`attention.options` in the Hydra config; null there: the default) are the backend's own,
+declared in its module's OPTIONS (name -> allowed values): keyword arguments of its function
+(sdpa's kernel), or,
 for a module with `configure` (flash's launch options: autotuning, TMA, ...), its process-wide
 launch configuration.
 
@@ -51,6 +52,7 @@ def get_attention(name, packed=False, **options):
     one taking qkv packed."""
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; available: {', '.join(BACKENDS)}")
+    options = {k: v for k, v in options.items() if v is not None}  # null in the config: the backend's default
     module, fn = PACKED[name] if packed and name in PACKED else BACKENDS[name]
     module = importlib.import_module(module)
     fn = getattr(module, fn)

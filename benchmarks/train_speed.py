@@ -68,6 +68,9 @@ VARIANTS = {
     "flash-chunk16k": ("ours", ["attention=flash", "model.xent_chunk=16384"]),
     "flash-mb8k": ("ours", ["attention=flash", "train.micro_batch_tokens=8192"]),  # 2 micro-batches
     "flash-mb4k": ("ours", ["attention=flash", "train.micro_batch_tokens=4096"]),  # 4 micro-batches
+    # the Gluon kernels for Hopper (attention/hopper.py, issue 25): its one-kernel backward, and with its forward
+    "flash-gluon-bwd": ("ours", ["attention=flash", "attention.options.gluon_backward=true"]),
+    "flash-gluon-all": ("ours", ["attention=flash", "attention.options.gluon=plain", "attention.options.gluon_backward=true"]),
     # masks beyond causal (issue 24): what each token sees, at the same tokens per step
     "flash-documents": ("ours", ["attention=flash", "model.documents=true"]),
     "flash-window1k": ("ours", ["attention=flash", "model.window=1024"]),

@@ -31,6 +31,21 @@ def test_experiments_compose(experiment):
     assert cfg.train.max_steps > 0
 
 
+@pytest.mark.parametrize("attention", options("attention"))
+def test_each_backend_config_lists_its_options(attention):
+    """conf/attention/NAME.yaml names every option its module declares (OPTIONS), so that
+    `attention.options.KEY=VALUE` works on the command line without Hydra's `+`; flash's are null
+    there (the module's default), sdpa's kernel too (torch chooses)."""
+    from attention import options_of
+    listed = OmegaConf.load(CONF / "attention" / f"{attention}.yaml").get("options") or {}
+    assert set(listed) == set(options_of(attention)), attention
+    if attention == "flash":
+        assert all(v is None for v in listed.values())
+        with initialize_config_dir(str(CONF), version_base="1.3"):
+            cfg = compose("config", ["attention=flash", "attention.options.autotune=false", "attention.options.gluon=auto"])
+        assert cfg.attention.options.autotune is False and cfg.attention.options.gluon == "auto"
+
+
 def test_unknown_attention_choice_is_rejected():
     from hydra.errors import MissingConfigException
     with initialize_config_dir(str(CONF), version_base="1.3"):

@@ -94,7 +94,7 @@ def test_config_errors_name_the_key(override, message):
      "attention.options.kernel='fa3' is not one of: null | flash | cudnn | efficient | math"),
     (["attention=flash", "+attention.options.tiles=64"],
      "attention.options.tiles: attention=flash has no such option; it takes: autotune, tuning_cache, tma, wide, fast_launch, gluon, gluon_backward"),
-    (["attention=flash", "+attention.options.autotune=1"], "attention.options.autotune=1 is not one of: true | false"),
+    (["attention=flash", "attention.options.autotune=1"], "attention.options.autotune=1 is not one of: true | false"),
     (["attention=naive", "+attention.options.kernel=math"], "attention.options.kernel: attention=naive has no such option; it takes none"),
 ])
 def test_attention_options_are_the_backends_own(overrides, message):

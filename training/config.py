@@ -86,7 +86,7 @@ def check(cfg):
         if key not in takes:
             raise UserError(f"attention.options.{key}: attention={cfg.attention.name} has no such option; "
                             + (f"it takes: {', '.join(takes)}" if takes else "it takes none"))
-        if not _allowed(v, takes[key]):
+        if v is not None and not _allowed(v, takes[key]):  # null: the backend's default
             raise UserError(f"attention.options.{key}={v!r} is not one of: {_show(takes[key])}")
     for key in POSITIVE:
         v = _get(cfg, key)
