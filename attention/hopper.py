@@ -475,11 +475,15 @@ def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, LSE, D
     tma_load(K_desc, [row0 + j * B_c, col], KV_bar, K_smem)
     tma_load(V_desc, [row0 + j * B_c, col], KV_bar, V_smem)
     # The query tiles that see key tile j: all, or under the causal mask those from its diagonal.
-    i0 = (j * B_c) // B_r if CAUSAL else 0
-    count = N // B_r - i0
+    # Either way the walk starts at the diagonal tile i0 and wraps around (step t: tile
+    # (i0 + t) mod n_q), so that the programs of one head, which run side by side, add into
+    # different dQ rows at any moment rather than all into the same ones.
+    n_q = N // B_r
+    i0 = (j * B_c) // B_r
+    count = n_q - i0 if CAUSAL else n_q
     for r in gl.static_range(STAGES - 1):
-        _load_q_do(Q_desc, dO_desc, row0 + (i0 + r) * B_r, col, Q_bar.index(r), Q_smem.index(r), dO_smem.index(r),
-                   r < count)
+        _load_q_do(Q_desc, dO_desc, row0 + ((i0 + r) % n_q) * B_r, col, Q_bar.index(r), Q_smem.index(r),
+                   dO_smem.index(r), r < count)
 
     keys = j * B_c + gl.arange(0, B_c, layout=gl.SliceLayout(1, ST_layout))
     dK = gl.zeros([B_c, D], gl.float32, layout=KV_layout)
@@ -488,11 +492,11 @@ def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, LSE, D
     dQ_cols = gl.arange(0, D, layout=gl.SliceLayout(0, dQ_layout))
     mbarrier.wait(KV_bar, 0)
     for t in range(count):
-        i = i0 + t
+        i = (i0 + t) % n_q
         # Tile t + STAGES - 1's copies go into the slot tile t - 1 used: every warp is past its
         # wgmmas (the barrier that ended the last step), so no read of that slot is in flight.
         ahead = t + STAGES - 1
-        _load_q_do(Q_desc, dO_desc, row0 + (i0 + ahead) * B_r, col, Q_bar.index(ahead % STAGES),
+        _load_q_do(Q_desc, dO_desc, row0 + ((i0 + ahead) % n_q) * B_r, col, Q_bar.index(ahead % STAGES),
                    Q_smem.index(ahead % STAGES), dO_smem.index(ahead % STAGES), ahead < count)
         s = t % STAGES
         mbarrier.wait(Q_bar.index(s), (t // STAGES) & 1)
