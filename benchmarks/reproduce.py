@@ -394,6 +394,10 @@ def main(argv=None):
     report += ["## Kernel benchmarks of the seed reports", "", seed_figures(a.out, tables), "",
                "### Sweeps: batch, heads, embedding dim, head dim; TFLOP/s heatmap", "", sweeps(a.out, "sweeps" in parts, only_sweeps),
                "### The seed reports' figures and ours", "", seed_map(a.out)]
+    budget = a.out / "budget" / "budget.md"  # benchmarks/budget.py's, from the scaling runs' rates
+    if budget.is_file():
+        report += ["## The paper's training budgets at our measured rates", "",
+                   budget.read_text().split("\n", 2)[2].strip(), ""]
     report += ["## Not tested here", "", NOT_TESTED]
     notes = a.out / "reading.md"  # a hand-written reading of the measured results, when present
     if notes.is_file():

@@ -31,3 +31,18 @@ def test_reproduce_toy_budget(tmp_path, shared_data, monkeypatch, capsys):
     assert "train.py" not in capsys.readouterr().out
     main([str(out), "--budget", "toy", "--report-only"])
     assert (out / "report.md").read_text().count("| flash-256 | 256 |") >= 1
+
+
+def test_report_takes_the_budget_section_when_measured(tmp_path):
+    """--report-only with benchmarks/budget.py's output under OUT/budget: its table in the report
+    (the title line dropped for the report's own); without it, no such section."""
+    from benchmarks import reproduce
+    reproduce.main([str(tmp_path), "--report-only", "--kernel-tables"])
+    assert "training budgets" not in (tmp_path / "report.md").read_text()
+    (tmp_path / "budget").mkdir()
+    (tmp_path / "budget/budget.md").write_text("# The paper's training budgets at our measured rates\n\n"
+                                               "where and how\n\n| paper | days |\n|---|---|\n| Table 2 | 0.67 |\n")
+    reproduce.main([str(tmp_path), "--report-only", "--kernel-tables"])
+    report = (tmp_path / "report.md").read_text()
+    assert "## The paper's training budgets at our measured rates\n\nwhere and how\n\n| paper | days |" in report
+    assert report.index("training budgets") < report.index("## Not tested here")
