@@ -836,16 +836,11 @@ def _gluon_variant(q):
     if variant == "off":
         return None
     if variant == "auto":
-        if q.device.type != "cuda" or _capability(q.device)[0] != 9:
+        if q.device.type != "cuda" or not _device(q.device)[0]:
             return None
         from attention import hopper
         return hopper.auto_variant(q)
     return variant
-
-
-@functools.cache
-def _capability(device):
-    return torch.cuda.get_device_capability(device)  # asked once a device: the dispatch runs every call
 
 
 def _flash2_fwd(q, k, v, seed, causal, dropout_p, scale, window, doc_start, doc_end, blocks_kv, blocks_q, block):

@@ -50,6 +50,7 @@ H, d), including views of packed QKV: each of Q, K, V, O is seen as a (B N) x (H
 whose [B_r, d] tile at (b N + i B_r, h d) is head h's tile i.
 """
 
+import functools
 import math
 
 import torch
@@ -548,7 +549,7 @@ def supported(q, k, v, dropout_p=0.0, masks=False, capability=None):
     """Whether this path computes the call: None if so, else the reason it does not.
     capability: the GPU's (major, minor), asked of q's device when not given."""
     if capability is None:
-        capability = flash._capability(q.device) if q.device.type == "cuda" else None
+        capability = _capability(q.device) if q.device.type == "cuda" else None
     if capability is None or capability[0] != 9:
         return "needs a Hopper GPU (sm90)"
     if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
@@ -583,6 +584,11 @@ def supported_backward(q, do, dk, dv):
     if q.numel() >= 2**31:
         return "2^31 elements or more (the dQ atomics index in 32 bits)"
     return None
+
+
+@functools.cache
+def _capability(device):
+    return torch.cuda.get_device_capability(device)  # asked once a device: `supported` runs every call
 
 
 def _tma_rows(x):

@@ -79,13 +79,13 @@ def test_auto_runs_a_variant_only_where_it_was_measured_faster(monkeypatch):
     cuda = lambda t: SimpleNamespace(device=torch.device("cuda", 0), shape=t.shape, numel=t.numel)
     try:
         flash.configure(gluon="auto")
-        monkeypatch.setattr(flash, "_capability", lambda device: (9, 0))
+        monkeypatch.setattr(flash, "_device", lambda device: (True, 132))   # (is Hopper, SMs)
         assert flash._gluon_variant(cuda(shape())) == variant and flash._gluon_variant(cuda(shape(D=64))) is None
         assert flash._gluon_variant(shape()) is None            # not a CUDA tensor
-        monkeypatch.setattr(flash, "_capability", lambda device: (8, 0))
+        monkeypatch.setattr(flash, "_device", lambda device: (False, 108))
         assert flash._gluon_variant(cuda(shape())) is None      # not Hopper
         flash.configure()
-        monkeypatch.setattr(flash, "_capability", lambda device: (9, 0))
+        monkeypatch.setattr(flash, "_device", lambda device: (True, 132))
         assert flash.options["gluon"] == "off" and flash._gluon_variant(cuda(shape())) is None   # the default
         flash.configure(gluon="plain")
         assert flash._gluon_variant(cuda(shape(D=64))) == "plain"  # asked for: wherever `supported` says yes
