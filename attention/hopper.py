@@ -586,16 +586,16 @@ def supported_backward(q, do, dk, dv):
     return None
 
 
-@functools.cache
-def _capability(device):
-    return torch.cuda.get_device_capability(device)  # asked once a device: `supported` runs every call
-
-
 def _tma_rows(x):
     """x (B, N, H, d) readable by TMA as its (B N) x (H d) matrix: rows of H d contiguous elements,
     batches one after another, 16-byte aligned."""
     B, N, H, D = x.shape
     return x.stride(3) == 1 and x.stride(2) == D and x.stride(0) == N * x.stride(1) and x.data_ptr() % 16 == 0
+
+
+@functools.cache
+def _capability(device):
+    return torch.cuda.get_device_capability(device)  # asked once a device: `supported` runs every call
 
 
 def _matrix(x, block_rows):
