@@ -156,3 +156,28 @@ def test_a_staged_run_pairs_with_the_control_of_its_own_parent(tmp_path):
     for name, ppl in (("staged-4k", 32.0), ("staged-2k", 30.0), ("staged-2k-s2", 29.5)):   # above their controls
         (tmp_path / f"{name}.json").write_text(json.dumps({**runs[name], "val_ppl": ppl}))
     assert "ppl(4K) > ppl(2K) > ppl(1K), the reverse" in table4.table(table4.summary(sorted(tmp_path.glob("*.json")), {}))
+
+
+def test_speed_against_standard_attention_on_the_same_gpu(tmp_path):
+    """The paper's speed half: our 4096 runs' tokens/s (median) against a speed-only run of
+    standard attention at 1024 on the same GPU, and the hours to the same tokens."""
+    naive = tmp_path / "speed-naive-1024"
+    naive.mkdir()
+    cfg = {"context": 1024, "attention": {"name": "naive"}, "wandb": {"group": "table4-scratch"},
+           "env": {"device": "GPU A"}, "train": {"seed": 1, "batch_tokens": 65536, "max_steps": 256, "init_from": None}}
+    (naive / "config.json").write_text(json.dumps(cfg))
+    rows = [{"step": s, "tokens_seen": s * 65536, "tokens_per_s": r, "train_time_s": s} for s, r in ((32, 1e5), (64, 3e5), (96, 3e5))]
+    (naive / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = {"protocol": "staged", "context": 4096, "seed": 1, "init_positions": "copy", "parent": "p",
+            "train_tokens": 268435456, "val_tokens": 4096, "val_ppl": 28.5, "val_ppl_ctx1024": None,
+            "val_ppl_sliding": None, "loss_by_position": {}, "curve": [], "train_time_s": 1.0, "attention": "flash"}
+    for name, rate, device in (("a", 3.9e5, "GPU A"), ("b", 3.8e5, "GPU A"), ("c", 3.3e5, "GPU B")):
+        (tmp_path / f"{name}.json").write_text(json.dumps({**base, "tokens_per_s": rate, "device": device}))
+    summ = table4.summary(sorted(tmp_path.glob("*.json")), {}, [naive])
+    assert summ["speed_baselines"] == [{"run": "speed-naive-1024", "attention": "naive", "context": 1024,
+                                        "device": "GPU A", "tokens_per_s": 3e5, "steps": 96}]
+    (line,) = table4.speed(summ)   # GPU B's run is not compared with GPU A's baseline
+    assert "attention=flash at 4096 trains at 385,000 tokens/s (median of 2 runs)" in line
+    assert "attention=naive at 1024 at 300,000 (speed-naive-1024, 96 steps): 1.28x" in line
+    assert f"268M tokens take {268435456 / 3.85e5 / 3600:.2f} h against {268435456 / 3e5 / 3600:.2f} h" in line
+    assert line in table4.table(summ)
