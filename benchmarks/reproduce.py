@@ -123,7 +123,7 @@ def table4_protocols(folder):
     for c in summ["by_config"]:
         if c["ratio_to_baseline"]:
             lines.append(f"- {c['config']}: val ppl {', '.join(f'{v:.2f}' for v in c['val_ppl'])} (seeds "
-                         f"{', '.join(map(str, c['seeds']))}), {', '.join(f'{r:.3f}' + ('' if same else '*') for r, same in zip(c['ratio_to_baseline'], c.get('same_parent') or [True] * len(c['seeds'])))}x "
+                         f"{', '.join(map(str, c['seeds']))}), {table4.paired_ratios(c)}x "
                          f"{c['baseline']} of the same seed and tokens")
         elif c["baseline"]:
             lines.append(f"- {c['config']}: val ppl {', '.join(f'{v:.2f}' for v in c['val_ppl'])}; not paired yet "

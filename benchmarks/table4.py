@@ -249,16 +249,20 @@ def table(summ):
     lines += ["", "| configuration | train tokens | seeds | val ppl, each seed | mean | spread | paired with | ppl / paired run's |",
               "|---|---|---|---|---|---|---|---|"]
     for c in summ["by_config"]:
-        marks = c.get("same_parent") or [True] * len(c["seeds"])
-        ratios = ", ".join(f"{x:.3f}" + ("" if same else "*") for x, same in zip(c["ratio_to_baseline"], marks)) \
-            if c["ratio_to_baseline"] else ""
         lines.append(f"| {c['config']} | {c['train_tokens'] / 1e6:.0f}M | {', '.join(map(str, c['seeds']))} | "
                      f"{', '.join(f'{v:.2f}' for v in c['val_ppl'])} | {c['val_ppl_mean']:.2f} | "
-                     f"{fmt(c['val_ppl_spread'])} | {c['baseline'] or ''} | {ratios} |")
+                     f"{fmt(c['val_ppl_spread'])} | {c['baseline'] or ''} | {paired_ratios(c)} |")
     if any(not all(c.get("same_parent") or [True]) for c in summ["by_config"]):
         lines += ["", "\\* paired with the control of another training of the same seed's parent, not its own."]
     verdicts = [v for v in (ordering(summ, "staged"), ordering(summ, "scratch")) if v] + speed(summ)
     return "\n".join(lines + [x for v in verdicts for x in ("", v)])
+
+
+def paired_ratios(c):
+    """A configuration's ratios to its paired runs, "0.974, 0.978*" (*: another training of the
+    parent's control), or "" when not paired."""
+    marks = c.get("same_parent") or [True] * len(c["seeds"])
+    return ", ".join(f"{x:.3f}" + ("" if same else "*") for x, same in zip(c["ratio_to_baseline"] or [], marks))
 
 
 def stopped(r):
@@ -285,10 +289,10 @@ def figures(summ, out):
     color = {c: f"C{i % 10}" for i, c in enumerate(dict.fromkeys(label(r) for r in summ["runs"]))}
     names = [f"{label(r)}, seed {r['seed']}, {r['train_tokens'] / 1e6:.0f}M" for r in summ["runs"]]
     scored = [r for r in summ["runs"] if r["val_ppl"] is not None]
-    styles, ticks = {}, [f"{lo}-{hi - 1}" for lo, hi in BUCKETS]
+    seen, ticks = {}, [f"{lo}-{hi - 1}" for lo, hi in BUCKETS]
     for r, name in zip(summ["runs"], names):
-        style = ["-", "--", ":", "-."][styles.setdefault(label(r), []).__len__() % 4]
-        styles[label(r)].append(r)
+        seen[label(r)] = seen.get(label(r), -1) + 1   # the configuration's how-many-th run: its line style
+        style = ["-", "--", ":", "-."][seen[label(r)] % 4]
         if names.count(name) > 1 or r["val_ppl"] is None:   # the same seed trained twice: say which
             name += f" ({r['run']})" if r["val_ppl"] is not None else ", not scored"
         kw = dict(marker="o", ms=3, ls=style, color=color[label(r)], label=name)
