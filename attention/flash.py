@@ -583,8 +583,9 @@ OPTIONS = {
     "tma": ("auto", "always", "never"),  # the TMA forward: on Hopper | wherever legal (interpreter too) | never
     "wide": ("auto", "always"),          # int64 offsets where some tensor spans 2^31 elements | always
     "fast_launch": (True, False),        # reuse a compiled kernel per argument signature (see _launch)
-    "gluon": ("off", "auto", "plain", "overlap", "specialized", "pingpong"),  # the Gluon forward on Hopper
-    # (attention/hopper.py): auto runs a variant only at the shapes hopper.AUTO names
+    "gluon": ("auto", "off", "plain", "overlap", "specialized", "pingpong"),  # the Gluon forward on Hopper
+    # (attention/hopper.py): auto runs a variant only at the shapes hopper.AUTO names, where it was
+    # measured faster; a Triton without Gluon keeps the portable forward
     "gluon_backward": (False, True),     # the Gluon one-kernel backward on Hopper (attention/hopper.py)
 }
 ENVIRONMENT = {"autotune": "FLASH_AUTOTUNE", "tuning_cache": "FLASH_TUNING_CACHE", "tma": "FLASH_TMA",
@@ -597,9 +598,9 @@ def _from_environment():
     """Options the environment sets, each variable 0 or 1: FLASH_AUTOTUNE=0 (the GPU test grid
     would otherwise tune hundreds of shapes), FLASH_TUNING_CACHE=0 (tune in every process),
     FLASH_TMA=0 | 1 (tma never | always), FLASH_WIDE=1 (wide always), FLASH_FAST_LAUNCH=0
-    (Triton's generic launch, to time the difference), FLASH_GLUON=1 (the Gluon forward on
-    Hopper, its plain variant wherever it applies; experimental: off until measured faster side by
-    side), FLASH_GLUON_BWD=1 (its one-kernel backward, likewise)."""
+    (Triton's generic launch, to time the difference), FLASH_GLUON=0 | 1 (the Gluon forward
+    on Hopper off | its plain variant wherever it applies; unset: auto), FLASH_GLUON_BWD=1 (its
+    one-kernel backward; experimental: off until measured faster side by side)."""
     values = {"tma": ("never", "always"), "wide": ("auto", "always"), "gluon": ("off", "plain")}
     out = {}
     for key, var in ENVIRONMENT.items():
@@ -830,15 +831,18 @@ def _mask_args(seed, doc_start, doc_end, blocks, n_heads):
 
 def _gluon_variant(q):
     """The Gluon forward variant the `gluon` option asks for q, or None: off; auto on a Hopper GPU
-    at the shapes hopper.AUTO names, and nowhere else (Gluon is imported only on Hopper, where
-    the image's Triton has it)."""
+    at the shapes hopper.AUTO names, and nowhere else (Gluon is imported only on Hopper, and a
+    Triton without it keeps the portable forward); a variant named, wherever `supported` allows."""
     variant = options["gluon"]
     if variant == "off":
         return None
     if variant == "auto":
         if q.device.type != "cuda" or not _device(q.device)[0]:
             return None
-        from attention import hopper
+        try:
+            from attention import hopper
+        except ImportError:  # Gluon or its Hopper ops missing from this Triton: the default must still run
+            return None
         return hopper.auto_variant(q)
     return variant
 

@@ -1,13 +1,14 @@
 """FlashAttention on Hopper, written in Gluon (Triton's lower level): the forward in four
-variants and a one-kernel backward, issue 25's first steps. Experimental, off unless asked for: flash.py takes it with
-`attention.options.gluon=plain|overlap|specialized|pingpong` (FLASH_GLUON=1: plain) where
-`supported` allows, and `benchmarks.bench_attention --providers flash-gluon,flash-gluon-overlap,
+variants and a one-kernel backward, issue 25's first steps. flash.py's default (`attention.options.gluon=auto`)
+runs the ping-pong forward only at the shapes AUTO names, where it was measured faster; any variant
+is taken with `attention.options.gluon=plain|overlap|specialized|pingpong` (FLASH_GLUON=1: plain)
+where `supported` allows, the backward with `gluon_backward=true` (off by default), and `benchmarks.bench_attention --providers flash-gluon,flash-gluon-overlap,
 flash-gluon-specialized,flash-gluon-pingpong` measures it beside our portable kernel
 (attention/flash.py) and SDPA's.
 Compiled for sm90 in CPU tests; on an H200 the plain, overlap and specialized variants match the
 reference, and none is faster than flash.py's forward across the board
-(benchmarks/results/h200/attention/gluon-forward), so it stays off by default; pingpong has not
-run on a GPU yet.
+(benchmarks/results/h200/attention/gluon-forward); pingpong is, at d=128
+(benchmarks/results/h200/attention/gluon, benchmarks/results/h100/attention/gluon-auto).
 
 The algorithm is flash.py's forward (FlashAttention-2, Algorithm 1 of the FA2 paper):
 
@@ -86,11 +87,11 @@ TILES["specialized"] = TILES["overlap"]
 # thread holds an S tile of B_c = 128 at d = 128 as well.
 TILES["pingpong"] = {64: dict(B_r=128, B_c=128, STAGES=2, num_warps=4, GROUPS=2),
                      128: dict(B_r=128, B_c=128, STAGES=2, num_warps=4, GROUPS=2)}
-# What flash's `gluon=auto` runs, by head dim: (variant, the shortest N it applies from). Chosen
-# from two H200 runs compared through their TFLOP/s (attention/gluon, and gluon-forward for
-# flash.py's autotuned forward), not yet side by side in one: benchmarks/results/h200/notes.md
-# has the prediction and the command. A head dim not named keeps the portable forward, where no
-# variant won at every shape.
+# What flash's `gluon=auto` (the default) runs, by head dim: (variant, the shortest N it applies
+# from). Chosen from two H200 runs compared through their TFLOP/s (attention/gluon, and
+# gluon-forward for flash.py's autotuned forward), then checked side by side in one run on an
+# H100 (benchmarks/results/h100/attention/gluon-auto). A head dim not named keeps the portable
+# forward, where no variant won at every shape.
 AUTO = {128: ("pingpong", 2048)}
 LOG2E = 1.0 / math.log(2.0)
 PINGPONG_REGS = gl.constexpr(240)  # registers a thread of the second consumer warpgroup asks for (setmaxnreg)

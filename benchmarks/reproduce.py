@@ -122,9 +122,9 @@ def table4_protocols(folder):
              *[f"    {c}" for c in m.get("commands", [])], "", table4.table(summ), "", "![Table 4](table4/table4.png)", ""]
     for c in summ["by_config"]:
         if c["ratio_to_baseline"]:
-            lines.append(f"- {c['config']}: val ppl {', '.join(f'{v:.2f}' for v in c['val_ppl'])} (seeds "
-                         f"{', '.join(map(str, c['seeds']))}), {table4.paired_ratios(c)}x "
-                         f"{c['baseline']} of the same seed and tokens")
+            lines.append(f"- {c['config']}: val ppl {', '.join(f'{v:.2f}' for v in c['val_ppl'])} (seed"
+                         f"{'s' if len(c['seeds']) > 1 else ''} {', '.join(map(str, c['seeds']))}); over "
+                         f"{c['baseline']} of the same seed and tokens: {table4.paired_ratios(c)}")
         elif c["baseline"]:
             lines.append(f"- {c['config']}: val ppl {', '.join(f'{v:.2f}' for v in c['val_ppl'])}; not paired yet "
                          f"({c['baseline']} of the same seed and tokens not run)")

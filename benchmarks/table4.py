@@ -195,7 +195,8 @@ def ordering(summ, protocol):
     ctx = sorted(ranges)
     steps = list(zip(ctx, ctx[1:]))
     runs = lambda n: f"{n} run" + ("s" if n > 1 else "")
-    parts = [f"{c}: {ranges[c][0]:.3f}-{ranges[c][1]:.3f}x ({runs(ranges[c][2])})" for c in ctx[:0:-1]]
+    span = lambda lo, hi: f"{lo:.3f}x" if lo == hi else f"{lo:.3f}-{hi:.3f}x"
+    parts = [f"{c}: {span(*ranges[c][:2])} ({runs(ranges[c][2])})" for c in ctx[:0:-1]]
     chain = lambda sign, order: f" {sign} ".join(f"ppl({c // 1024}K)" for c in order)
     if all(ranges[hi][1] < ranges[lo][0] for lo, hi in steps):
         verdict = f"every run of a longer context is below every run of a shorter one: {chain('<', ctx[::-1])}, the paper's order"
@@ -203,6 +204,8 @@ def ordering(summ, protocol):
         verdict = f"every run of a longer context is above every run of a shorter one: {chain('>', ctx[::-1])}, the reverse of the paper's order"
     else:
         verdict = "the ranges overlap: no order is shown outside the run-to-run spread"
+    if any(ranges[c][2] == 1 for c in ctx[1:]):  # one run says nothing of the spread between runs
+        verdict += " (one run of a context: its run-to-run spread is not measured)"
     what = {"staged": "staged (protocol b), position table copied", "scratch": "scratch (protocol a)"}.get(protocol, protocol)
     return f"{what}, ppl over the paired 1K run: " + "; ".join(parts) + f". {verdict[0].upper()}{verdict[1:]}."
 

@@ -364,7 +364,7 @@ def test_launch_options_one_home(launch, monkeypatch):
     launch()
     assert flash.options["gluon_backward"] is True
     monkeypatch.delenv("FLASH_GLUON_BWD")
-    with pytest.raises(ValueError, match=re.escape("gluon='fa3' is not one of: off | auto | plain | overlap | specialized | pingpong")):
+    with pytest.raises(ValueError, match=re.escape("gluon='fa3' is not one of: auto | off | plain | overlap | specialized | pingpong")):
         launch(gluon="fa3")
     flash._COMPILED["entry"] = flash._tuned["entry"] = None
     launch()

@@ -86,7 +86,14 @@ def test_auto_runs_a_variant_only_where_it_was_measured_faster(monkeypatch):
         assert flash._gluon_variant(cuda(shape())) is None      # not Hopper
         flash.configure()
         monkeypatch.setattr(flash, "_device", lambda device: (True, 132))
-        assert flash.options["gluon"] == "off" and flash._gluon_variant(cuda(shape())) is None   # the default
+        assert flash.options["gluon"] == "auto" and flash._gluon_variant(cuda(shape())) == variant   # the default
+        import attention
+        with monkeypatch.context() as m:   # a Triton without Gluon: importing attention.hopper fails
+            m.setitem(sys.modules, "attention.hopper", None)
+            m.delattr(attention, "hopper")
+            assert flash._gluon_variant(cuda(shape())) is None  # the portable forward, no error
+        flash.configure(gluon="off")
+        assert flash._gluon_variant(cuda(shape())) is None
         flash.configure(gluon="plain")
         assert flash._gluon_variant(cuda(shape(D=64))) == "plain"  # asked for: wherever `supported` says yes
     finally:
