@@ -1,13 +1,14 @@
 """FlashAttention on Hopper, written in Gluon (Triton's lower level): the forward in four
-variants and a one-kernel backward, issue 25's first steps. flash.py's default (`attention.options.gluon=auto`)
-runs the ping-pong forward only at the shapes AUTO names, where it was measured faster; any variant
-is taken with `attention.options.gluon=plain|overlap|specialized|pingpong` (FLASH_GLUON=1: plain)
-where `supported` allows, the backward with `gluon_backward=true` (off by default), and `benchmarks.bench_attention --providers flash-gluon,flash-gluon-overlap,
-flash-gluon-specialized,flash-gluon-pingpong` measures it beside our portable kernel
-(attention/flash.py) and SDPA's.
-Compiled for sm90 in CPU tests; on an H200 the plain, overlap and specialized variants match the
-reference, and none is faster than flash.py's forward across the board
-(benchmarks/results/h200/attention/gluon-forward); pingpong is, at d=128
+variants and a one-kernel backward, issue 25's first steps. flash.py's default
+(`attention.options.gluon=auto`) runs the ping-pong forward at the shapes AUTO names, where it was
+measured faster, and its portable kernels elsewhere. Any variant is taken with
+`attention.options.gluon=plain|overlap|specialized|pingpong` (FLASH_GLUON=1: plain) where
+`supported` allows, the backward with `gluon_backward=true` (off by default), and
+`benchmarks.bench_attention --providers flash-gluon,flash-gluon-overlap,flash-gluon-specialized,
+flash-gluon-pingpong` measures them beside our portable kernel (attention/flash.py) and SDPA's.
+Compiled for sm90 in CPU tests; on the GPU every variant matches the reference. On an H200 none of
+plain, overlap and specialized is faster than flash.py's forward across the board
+(benchmarks/results/h200/attention/gluon-forward); ping-pong is, at d=128
 (benchmarks/results/h200/attention/gluon, benchmarks/results/h100/attention/gluon-auto).
 
 The algorithm is flash.py's forward (FlashAttention-2, Algorithm 1 of the FA2 paper):
