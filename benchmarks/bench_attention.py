@@ -237,6 +237,8 @@ def main():
                     "on this same device and versions, measure the rest (a machine with a time limit measures "
                     "a long table over several calls)")
     args = ap.parse_args()
+    if not torch.cuda.is_available():  # one line, not an error per point and an empty table
+        ap.error("measures kernels on a CUDA GPU and none is visible")
 
     fns = providers(args.providers.split(","))
     if args.padding and "1" in args.causal.split(","):

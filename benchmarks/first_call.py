@@ -35,6 +35,8 @@ def main():
     p.add_argument("--no-causal", dest="causal", action="store_false")
     p.add_argument("--lengths", default="", help="further sequence lengths, comma-separated, timed after --shape")
     a = p.parse_args()
+    if not torch.cuda.is_available():
+        p.error("times our kernels' first call on a CUDA GPU and none is visible")
     B, N, H, D = map(int, a.shape.split(","))
     attn = get_attention("flash")
     print(json.dumps(metadata()), flush=True)

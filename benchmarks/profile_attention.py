@@ -56,6 +56,8 @@ def main():
     ap.add_argument("--host-profile", action="store_true", help="cProfile of the host path, per provider")
     ap.add_argument("--bare", action="store_true", help="only the fwd+bwd calls, for a profiler attached from outside")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        ap.error("profiles kernels on a CUDA GPU and none is visible")
     b, n = max(1, args.tokens // args.seqlen), args.seqlen
     for name, fn in providers(args.providers.split(",")).items():
         q, k, v = (torch.randn(b, n, args.heads, args.head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)

@@ -35,7 +35,7 @@ def test_figure3_setting_runs_every_masked_provider_on_the_same_mask():
     assert 0 < butterfly_layout(1024, False, "cpu").density <= 1
 
 
-def test_resume_measures_only_the_points_a_cut_run_left(tmp_path, monkeypatch):
+def test_resume_measures_only_the_points_a_cut_run_left(tmp_path, monkeypatch, capsys):
     import json
     import sys
 
@@ -51,6 +51,14 @@ def test_resume_measures_only_the_points_a_cut_run_left(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_attention, "measure", measure)
     monkeypatch.setattr(bench_attention, "plot", lambda rows, path: None)
     args = ["bench_attention", "--providers", "naive", "--shapes", "16x2", "--causal", "0", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", [*args, "--seqlens", "128"])
+    monkeypatch.setattr(bench_attention.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        bench_attention.main()  # without a GPU: one line, nothing written
+    assert "measures kernels on a CUDA GPU and none is visible" in capsys.readouterr().err
+    assert not measured and not (tmp_path / "attention.json").exists()
+    monkeypatch.setattr(bench_attention.torch.cuda, "is_available", lambda: True)  # with measure, a stand-in GPU
+    monkeypatch.setattr(bench_attention.torch.cuda, "get_device_name", lambda *a: "a stand-in GPU")
     resumed = False
     monkeypatch.setattr(sys, "argv", [*args, "--seqlens", "128,256", "--resume"])
     with pytest.raises(KeyboardInterrupt):
