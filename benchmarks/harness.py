@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -151,13 +152,42 @@ def progress(run_dir):
     return f"stopped at step {max(steps, default=0)} of {cfg['train']['max_steps']} (resume with the same command)"
 
 
+class Stopped(RuntimeError):
+    """A run stopped by SIGTERM or SIGUSR1 after writing its checkpoint: the same command resumes it."""
+
+
+# Forwarded to the running train.py (which checkpoints after its step and exits): a scheduler's
+# or `timeout`'s signal may reach only this process. Ctrl-C is not forwarded: the terminal sends
+# it to the whole process group already, and a second one makes train.py exit without a checkpoint.
+FORWARDED = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def _set_aside(run_dir):
+    """A run directory holding a run that ended before its first checkpoint (a crash at start-up,
+    a kill during compilation) is moved to RUN.failed-K, so that the run starts again and the
+    old log stays readable; a live run there is refused (training/rundir.py's lock)."""
+    from training import checkpoints, rundir
+    if not rundir.holds_run(run_dir) or checkpoints.saved(run_dir):
+        return
+    rundir.RunDirLock(run_dir).close()  # raises while another process runs there
+    k = 1
+    while (aside := run_dir.with_name(f"{run_dir.name}.failed-{k}")).exists():
+        k += 1
+    run_dir.rename(aside)
+    print(f"{run_dir} held a run that ended before its first checkpoint: moved to {aside.name}, starting again",
+          flush=True)
+
+
 def train(run_dir, overrides, nproc=1, steps_per_run=None):
     """One train.py run into run_dir (under torchrun with nproc > 1), its output in
-    run_dir/train.log: skipped when finished there, resumed from its checkpoint when cut."""
+    run_dir/train.log: skipped when finished there, resumed from its checkpoint when cut, started
+    again when an earlier attempt left no checkpoint. SIGTERM / SIGUSR1 sent to this process
+    reach the run, which checkpoints and exits; then Stopped is raised."""
     run_dir = Path(run_dir)
     if finished(run_dir):
         print(f"reusing {run_dir}", flush=True)
         return
+    _set_aside(run_dir)
     launch = ["train.py"] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                                                "train.py"]
     cmd = [sys.executable, *launch, *overrides, f"hydra.run.dir={run_dir}",
@@ -166,9 +196,23 @@ def train(run_dir, overrides, nproc=1, steps_per_run=None):
         cmd.append(f"train.steps_per_run={steps_per_run}")
     shown = " ".join(cmd[1:]).replace("-m torch.distributed.run", "torchrun")
     print("$", shown if nproc > 1 else f"python {shown}", flush=True)
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    received = []
+
+    def forward(signum, frame):
+        received.append(signal.Signals(signum).name)
+        proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    try:
+        stdout, stderr = proc.communicate()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if run_dir.is_dir():
-        (run_dir / "train.log").write_text(r.stdout + r.stderr)
-    if r.returncode != 0:
-        raise RuntimeError(f"run {run_dir.name} failed (exit {r.returncode}); its log: {run_dir / 'train.log'}\n"
-                           + r.stderr[-2000:])
+        (run_dir / "train.log").write_text(stdout + stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"run {run_dir.name} failed (exit {proc.returncode}); its log: {run_dir / 'train.log'}\n"
+                           + stderr[-2000:])
+    if received and not finished(run_dir):
+        raise Stopped(f"{received[0]}: run {run_dir.name} {progress(run_dir)}")

@@ -407,4 +407,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except harness.Stopped as e:  # a time limit's SIGTERM: the run checkpointed, the same command goes on
+        sys.exit(str(e))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -62,3 +63,38 @@ def test_scripts_run_as_modules_without_path_hacks():
 def test_a_failed_run_names_its_log(tmp_path):
     with pytest.raises(RuntimeError, match=r"run bad failed \(exit 2\); its log: .*bad/train.log"):
         harness.train(tmp_path / "bad", ["context=0", "wandb.mode=disabled"])
+
+
+def test_a_run_that_left_no_checkpoint_is_set_aside_and_started_again(tmp_path):
+    """A run killed before its first checkpoint (seen on a GPU machine: `timeout` during
+    compilation) left config.json and metrics.jsonl, so train.resume=auto refused the directory
+    and the table could not go on without a hand's rm -rf; now it is moved aside, log and all."""
+    run = tmp_path / "bad"
+    run.mkdir()
+    (run / "config.json").write_text('{"train": {"max_steps": 300}}')
+    (run / "metrics.jsonl").write_text('{"step": 3}\n')
+    with pytest.raises(RuntimeError, match=r"run bad failed \(exit 2\)"):  # the new attempt's own error
+        harness.train(run, ["context=0", "wandb.mode=disabled"])
+    assert (tmp_path / "bad.failed-1/metrics.jsonl").read_text() == '{"step": 3}\n'
+    assert not (run / "metrics.jsonl").exists()
+
+
+def test_sigterm_to_the_launcher_reaches_the_run_which_checkpoints(tmp_path):
+    """`timeout -s TERM` (or a scheduler) signals the launcher, e.g. benchmarks.reproduce: the run
+    it started finishes its step, checkpoints and exits, and the launcher stops with one line
+    saying so; the same call resumes the run from there."""
+    from tests.conftest import REFERENCE, SMALL, wait_for_step
+    overrides = [*SMALL, f"data.cache_dir={tmp_path / 'cache'}", *REFERENCE]
+    code = f"from benchmarks import harness; harness.train({str(tmp_path / 'run')!r}, {overrides!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # the signal reaches the launcher only
+    wait_for_step(tmp_path / "run", 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Stopped: SIGTERM: run run stopped at step" in err, err[-2000:]
+    assert "(resume with the same command)" in err
+    saved = sorted((tmp_path / "run").glob("ckpt-*.pt"))
+    assert saved and "with a checkpoint" in (tmp_path / "run/train.log").read_text()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert harness.finished(tmp_path / "run")
