@@ -6,9 +6,11 @@
 RUN is a run directory (train.py writes config.json and metrics.jsonl into each) or, online, a
 wandb run path ENTITY/PROJECT/RUN_ID. Per run: implementation, attention, context, tokens/s
 (benchmarks/harness.py steady_tokens_per_s),
-speedup against the baseline (the first run unless --baseline names one), MFU, peak memory,
+the 10th-90th percentile of its logged intervals' tokens/s (the host's noise), speedup against
+the baseline (the first run unless --baseline names one), MFU, peak memory,
 final validation loss and perplexity, training time (evaluation excluded) until the validation
-loss first reaches --target-loss, and the largest train-loss difference from the baseline at
+loss first reaches --target-loss, the first logged interval's time (compilation and autotuning
+land there), and the largest train-loss difference from the baseline at
 the same step (equal-seed runs: bf16 noise against a real change). Writes DIR/compare.md,
 DIR/val_ppl.png (against tokens and against training time), DIR/tokens_per_s.png and, when runs
 recorded it, DIR/loss_by_position.png.
@@ -62,6 +64,17 @@ def compile_setting(t):
         {True: "on", False: "off"}.get(c, str(c))
 
 
+def interval_spread(train, skip=1):
+    """(10th, 90th percentile) of the logged intervals' tokens/s after the first `skip` (as
+    steady_tokens_per_s): how much a run's median could move on a noisy host; None with fewer
+    than 5 intervals."""
+    rates = [r["tokens_per_s"] for r in train[skip:] if "tokens_per_s" in r]
+    if len(rates) < 5:
+        return None
+    deciles = statistics.quantiles(rates, n=10)
+    return deciles[0], deciles[-1]
+
+
 def summarize(run, base, target_loss):
     c, train, val = run["config"], run["train"], run["val"]
     median = lambda key: statistics.median(r[key] for r in train[1:] or train) if train and key in train[-1] else None  # noqa: E731
@@ -74,7 +87,8 @@ def summarize(run, base, target_loss):
             "impl": c.get("model", {}).get("impl", "ours"),
             "attention": c.get("attention", {}).get("name", "?"),
             "compile": compile_setting(c.get("train", {})), "context": c.get("context"),
-            "tokens_per_s": steady_tokens_per_s(train),
+            "tokens_per_s": steady_tokens_per_s(train), "tokens_per_s_p10_p90": interval_spread(train),
+            "first_interval_s": train[0].get("train_time_s") if train else None,
             "mfu": median("mfu"), "peak_mem_gb": max((r["peak_mem_gb"] for r in train if "peak_mem_gb" in r), default=None),
             "tokens": train[-1]["tokens_seen"] if train else 0,
             "val_loss": val[-1]["val/loss"] if val else None,
@@ -89,8 +103,9 @@ def _num(x, fmt):
 
 def markdown(rows, baseline, target_loss):
     base = next(r for r in rows if r["run"] == baseline)
-    head = ["run", "device", "impl", "attention", "compile", "context", "steps", "tokens/s", f"tokens/s vs {baseline}",
-            "MFU", "peak GB", "tokens", "val loss", "val ppl", "train time s"]
+    head = ["run", "device", "impl", "attention", "compile", "context", "steps", "tokens/s", "intervals p10-p90",
+            f"tokens/s vs {baseline}", "MFU", "peak GB", "tokens", "val loss", "val ppl", "train time s",
+            "first interval s"]
     if target_loss:
         head.append(f"time to val loss {target_loss} (s)")
     head.append(f"max abs train-loss diff vs {baseline}")
@@ -100,9 +115,11 @@ def markdown(rows, baseline, target_loss):
         ratio = r["tokens_per_s"] / base["tokens_per_s"] if r["tokens_per_s"] and base["tokens_per_s"] else None
         cells = [r["run"], r["device"] + (f" x{r['world']}" if r["world"] > 1 else ""), r["impl"], r["attention"],
                  r["compile"], str(r["context"]), str(r["steps"]), _num(r["tokens_per_s"], "{:,.0f}"),
+                 "-" if not r.get("tokens_per_s_p10_p90") else "{:,.0f}-{:,.0f}".format(*r["tokens_per_s_p10_p90"]),
                  _num(ratio, "{:.2f}x") + ("" if same else " (other device)"), _num(r["mfu"], "{:.1%}"),
                  _num(r["peak_mem_gb"], "{:.2f}"), f"{r['tokens']:,}", _num(r["val_loss"], "{:.4f}"),
-                 _num(None if r["val_loss"] is None else math.exp(r["val_loss"]), "{:.2f}"), _num(r["train_time_s"], "{:.0f}")]
+                 _num(None if r["val_loss"] is None else math.exp(r["val_loss"]), "{:.2f}"), _num(r["train_time_s"], "{:.0f}"),
+                 _num(r.get("first_interval_s"), "{:.0f}")]
         if target_loss:
             cells.append("not reached" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.0f}")
         cells.append(_num(r["max_loss_diff"], "{:.4f}"))

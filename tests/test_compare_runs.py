@@ -28,11 +28,22 @@ def test_table_and_plots(tmp_path):
     table, rows = compare([load_dir(a), load_dir(b)], baseline="hf", target_loss=5.0, out=tmp_path / "cmp")
     hf, flash = rows
     assert hf["tokens_per_s"] == 110.0 and flash["tokens_per_s"] == 330.0  # median, first interval left out
-    assert "| flash | NVIDIA H200 | ours | flash | on | 1024 | 40 | 330 | 3.00x |" in table
+    assert "| flash | NVIDIA H200 | ours | flash | on | 1024 | 40 | 330 | - | 3.00x |" in table  # < 5 intervals: no spread
+    assert flash["first_interval_s"] == 10.0  # the first logged interval (compilation lands there)
     assert hf["time_to_target_s"] == 30.0 and flash["time_to_target_s"] == 30.0
     assert flash["max_loss_diff"] == 0.0
     for f in ("compare.md", "compare.json", "val_ppl.png", "tokens_per_s.png"):
         assert (tmp_path / "cmp" / f).stat().st_size > 0
+
+
+def test_the_intervals_spread_shows_a_noisy_host(tmp_path):
+    """The 10th-90th percentile of the steady intervals: a quiet run's is narrow, a noisy one's wide."""
+    quiet = fake_run(tmp_path / "quiet", "naive", [1.0, *[100.0 + i % 2 for i in range(20)]], [5.0])
+    noisy = fake_run(tmp_path / "noisy", "flash", [1.0, *[300.0 + 40 * (i % 3 - 1) for i in range(20)]], [5.0])
+    table, (q, n) = compare([load_dir(quiet), load_dir(noisy)])
+    assert q["tokens_per_s_p10_p90"][0] >= 100.0 and q["tokens_per_s_p10_p90"][1] <= 101.0
+    assert n["tokens_per_s_p10_p90"][0] == pytest.approx(260.0) and n["tokens_per_s_p10_p90"][1] == pytest.approx(340.0)
+    assert "| 300 | 260-340 |" in table
 
 
 def test_runs_of_other_machines_and_missing_values(tmp_path):

@@ -46,3 +46,23 @@ def test_report_takes_the_budget_section_when_measured(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "## The paper's training budgets at our measured rates\n\nwhere and how\n\n| paper | days |" in report
     assert report.index("training budgets") < report.index("## Not tested here")
+
+
+def test_table2_reading_is_computed_from_the_rows():
+    """Table 2's sentences come from its rows: the throughput ratios, ours against SDPA with the
+    intervals' overlap, the wall time to the common loss with each run's first interval, memory,
+    and the curves' agreement; nothing is claimed about a run that is not there."""
+    from benchmarks.reproduce import table2_claims
+    row = lambda run, rate, spread, first, t, mem, diff: dict(  # noqa: E731
+        run=run, tokens_per_s=rate, tokens_per_s_p10_p90=spread, first_interval_s=first, time_to_target_s=t,
+        peak_mem_gb=mem, max_loss_diff=diff, val_loss=5.52)
+    rows = [row("hf-eager", 100.0, (99, 101), 3, 60, 36.3, 0.0), row("standard-compiled", 300.0, (299, 301), 45, 62, 21, 0.01),
+            row("sdpa", 400.0, (360, 420), 36, 48, 7.8, 0.016), row("flash", 360.0, (330, 390), 62, 76, 7.8, 0.006)]
+    text = "\n".join(table2_claims(rows))
+    assert "sdpa 4.00x, flash 3.60x" in text and "standard-compiled plays Megatron-LM's part" in text
+    assert "flash over sdpa: 0.90x the tokens/s (their intervals' 10th-90th percentiles overlap" in text
+    assert "flash 0.79x" in text and "flash 62 s" in text and "another order than their throughput" in text
+    assert "peak memory: flash 7.8 GB against hf-eager 36.3 GB" in text and "within 0.016 of hf-eager's" in text
+    rows[3]["tokens_per_s_p10_p90"] = (430, 450)  # apart: no claim that the gap is noise
+    assert "overlap" not in "\n".join(table2_claims(rows))
+    assert table2_claims(rows[:3]) == []  # no flash run: nothing to say about it
