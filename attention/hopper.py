@@ -429,6 +429,11 @@ def fa3_fwd_kernel(Q_desc, K_desc, V_desc, O_desc, LSE, N, H, qk_scale,
 # B_r = 64 query rows a step, so that S^T and dP^T ([B_c, B_r], fp32) fit beside the dK and dV
 # accumulators in the registers of 8 warps.
 BWD_TILES = {64: dict(B_r=64, B_c=128, STAGES=2, num_warps=8), 128: dict(B_r=64, B_c=128, STAGES=2, num_warps=8)}
+# The backward's program order: None takes flash.heads_outer's rule (one key tile of every head
+# before the next under the causal mask at these shapes), True / False force heads outermost /
+# innermost. An open question (h100/attention/gluon-grid): the masked backward measured slower
+# after it left heads-outermost for the rule; set here to time both in one process.
+BWD_HEADS_OUTER = None
 
 
 @constexpr_function
@@ -675,6 +680,6 @@ def backward(do, q, k, v, o, lse, causal, scale, dq, dk, dv):
     fa3_bwd_kernel[(N // t["B_c"] * B * H, )](
         _matrix(q, t["B_r"]), _matrix(k, t["B_c"]), _matrix(v, t["B_c"]), _matrix(do, t["B_r"]),
         _matrix(dk, t["B_c"]), _matrix(dv, t["B_c"]), dq_acc, lse, delta, N, H, scale * LOG2E, scale,
-        dS_layout=dS_layout, CAUSAL=causal, STAGES=t["STAGES"], HEADS_OUTER=flash.heads_outer(q.device, B * H, causal),
+        dS_layout=dS_layout, CAUSAL=causal, STAGES=t["STAGES"], HEADS_OUTER=flash.heads_outer(q.device, B * H, causal) if BWD_HEADS_OUTER is None else BWD_HEADS_OUTER,
         num_warps=t["num_warps"])
     dq.copy_(dq_acc)
