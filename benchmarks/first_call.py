@@ -10,6 +10,8 @@ Run it in fresh processes sharing TRITON_CACHE_DIR to see what the cache saves; 
 measures one process's first call, then a second call at the same shape for comparison.
 --lengths then times the first call at other sequence lengths in the same process (the same
 number of tokens per batch): lengths in a tuned power-of-two bucket are not tuned again.
+Each line splits the first call into its forward and backward and names the path taken
+(`gluon`: the Hopper forward's setting; FLASH_GLUON=0 in front times the portable kernels alone).
 """
 
 import argparse
@@ -24,9 +26,15 @@ from benchmarks.harness import metadata
 
 
 def fwd_bwd(attn, q, k, v, do, causal):
+    """(forward s, backward s), each synchronized: where a first call's time goes (the two
+    passes are different kernels, compiled, tuned and cached apart)."""
+    start = time.perf_counter()
     o = attn(q, k, v, causal=causal)
+    torch.cuda.synchronize()
+    mid = time.perf_counter()
     torch.autograd.grad(o, (q, k, v), do)
     torch.cuda.synchronize()
+    return mid - start, time.perf_counter() - mid
 
 
 def main():
@@ -44,12 +52,10 @@ def main():
         b = max(1, B * N // n)
         q, k, v, do = (torch.randn(b, n, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=i < 3) for i in range(4))
         torch.cuda.synchronize()
-        times = []
-        for _ in range(2):
-            start = time.perf_counter()
-            fwd_bwd(attn, q, k, v, do, a.causal)
-            times.append(time.perf_counter() - start)
-        print(json.dumps({"shape": [b, n, H, D], "causal": a.causal, "first_s": times[0], "second_s": times[1],
+        (f_fwd, f_bwd), (s_fwd, s_bwd) = (fwd_bwd(attn, q, k, v, do, a.causal) for _ in range(2))
+        print(json.dumps({"shape": [b, n, H, D], "causal": a.causal, "first_s": f_fwd + f_bwd, "second_s": s_fwd + s_bwd,
+                          "first_fwd_s": f_fwd, "first_bwd_s": f_bwd,
+                          "gluon": flash.options["gluon"], "gluon_backward": flash.options["gluon_backward"],
                           "tuning_cache": flash.options["tuning_cache"],
                           "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR")}), flush=True)
 
