@@ -1,6 +1,6 @@
 """Reproduce the FlashAttention paper's GPT-2 experiments and figures, then write a report.
 
-    python -m benchmarks.reproduce OUT_DIR [--only table2,table2-medium,table4,figures,sweeps] [--budget toy|small|paper]
+    python -m benchmarks.reproduce OUT_DIR [--only table2,table2-medium,table4,figures,kernels,sweeps] [--budget toy|small|paper]
                                    [--set data.num_proc=16 ...] [--steps-per-run N]
 
 - table2: GPT-2 small at context 1024 trained by train.py with transformers' GPT-2 (eager, the
@@ -14,6 +14,11 @@
   plus the validation loss at each position of the window (conf/experiment/table4*.yaml).
 - figures: the paper's Figure 3 (fwd+bwd runtime and memory of flash and standard attention
   against sequence length, 128 to 65536, OOM marked), from benchmarks/bench_attention.py.
+- kernels: the seed lab reports' sequence-length tables (N 512-16384 at 16K tokens a batch, d=64
+  and d=128, causal and not: ours, FA1, standard attention, SDPA's FA2 and cuDNN, Flex), and the
+  speedup, FA1-vs-FA2 and forward-vs-backward figures drawn from them.
+- sweeps: the seed reports' batch, heads, embedding-dim, head-dim, causal, heatmap and
+  forward-only sweeps at their settings (--sweeps picks some).
 
 Finished runs are reused (a run directory whose metrics reach its last step); a run cut short
 (e.g. by --steps-per-run on a time-limited machine) resumes from its checkpoint on the next call.
@@ -25,6 +30,7 @@ paper's numbers and the figures, with device, date and commands.
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -206,12 +212,19 @@ SWEEPS = {
     "forward": (["--shapes", "64x8", "--heads", "8,16,32", "--seqlens", "512,1024,2048", "--batch", "16,32,64",
                  "--providers", "flash,flash1,naive"], ("forward_table",)),
 }
+# The FA1 lab report's sequence-length figures (time and TFLOP/s against N, speedup over PyTorch,
+# FA1 against FA2, forward against backward) at 16K tokens a batch, GPT-2's d=64 and d=128:
+# every provider the seeds compare, ours (flash), FA1 (flash1), standard attention (naive), and
+# what a PyTorch user has (SDPA's FA2 and cuDNN, FlexAttention). name -> bench_attention arguments.
+KERNEL_PROVIDERS = ["--providers", "flash,flash1,sdpa-flash,sdpa-cudnn,flex,naive"]
+KERNELS = {"d64": ["--shapes", "64x12", "--seqlens", "512,1024,2048,4096,8192,16384"],
+           "d128": ["--shapes", "128x16", "--seqlens", "512,1024,2048,4096,8192,16384"]}
 SWEEP_X = {"batch": "batch", "heads": "heads", "embd": "embd", "embd-16-heads": "embd", "head_dim": "head_dim",
            "causal": "seqlen"}
 # Each seed figure, its setting, and the figure of ours that answers it (under OUT_DIR).
 SEED_FIGURES = [
-    ("FA1 lab report (T4)", "time against N", "batch x N = 16K, d 64 / 128", "../attention/d64/attention.png"),
-    ("FA1 lab report (T4)", "TFLOP/s against N", "batch x N = 16K", "../attention/d64/attention.png"),
+    ("FA1 lab report (T4)", "time against N", "batch x N = 16K, d 64 / 128", "kernels/d64/attention.png, kernels/d128/attention.png"),
+    ("FA1 lab report (T4)", "TFLOP/s against N", "batch x N = 16K", "kernels/d64/attention.png, kernels/d128/attention.png"),
     ("FA1 lab report (T4)", "batch 1-64", "N 512", "sweeps/batch.png"),
     ("FA1 lab report (T4)", "speedup over PyTorch, bars", "per N", "kernels/speedup_bars.png"),
     ("FA1 lab report (T4)", "Fig. 5: causal against non-causal time", "heads 8, batch 16, N 128-4096", "sweeps/causal.png"),
@@ -338,9 +351,26 @@ def sweeps(out, run, only=None):
     return "\n".join(lines) + "\n"
 
 
-def seed_map(out):
-    """Markdown: each seed report's figure, its setting, ours, and whether it is drawn here at
-    that setting."""
+# Figures drawn from the sequence-length tables, and the provider each needs in them.
+FROM_TABLES = {"kernels/speedup_bars.png": "naive", "kernels/fa1_vs_fa2.png": "flash1", "kernels/fwd_vs_bwd.png": "naive"}
+
+
+def _data_of(out, figure, tables):
+    """The committed data a figure of ours is drawn from (paths relative to out)."""
+    f = Path(figure)
+    if figure in FROM_TABLES:
+        return [Path(os.path.relpath(t / "attention.json", out)) for t in tables]
+    if f.parts[0] == "sweeps":
+        return [Path("sweeps") / f.stem.split("-fwd_and_bwd")[0] / "attention.json"]
+    return [f.parent / "attention.json"]
+
+
+def seed_map(out, tables=()):
+    """Markdown: each seed report's figure, its setting, ours, the data it is drawn from, and
+    whether it is drawn here at that setting (`tables`: the sequence-length tables)."""
+    def providers_in(t):
+        data = t / "attention.json"
+        return {r["provider"] for r in json.loads(data.read_text())["rows"] if "error" not in r} if data.is_file() else set()
     def state(ours):
         for f in (x.strip() for x in ours.split(",")):
             if not (out / f).is_file():
@@ -349,9 +379,25 @@ def seed_map(out):
             data = out / "sweeps" / name / "attention.json"
             if f.startswith("sweeps/") and data.is_file() and not _current(json.loads(data.read_text()), name):
                 return "at an earlier setting"
+            if f in FROM_TABLES and not any(FROM_TABLES[f] in providers_in(t) for t in tables):
+                return f"without {FROM_TABLES[f]} (its tables lack it: `--only kernels`)"
         return "yes"
-    rows = [[seed, figure, setting, ours, state(ours)] for seed, figure, setting, ours in SEED_FIGURES]
-    return harness.md_table(["seed report", "figure", "setting", "ours (in this folder)", "drawn"], rows) + "\n"
+    rows = [[seed, figure, setting, ours,
+             ", ".join(str(d) for f in ours.split(",") for d in _data_of(out, f.strip(), tables)), state(ours)]
+            for seed, figure, setting, ours in SEED_FIGURES]
+    return harness.md_table(["seed report", "figure", "setting", "ours (in this folder)", "data", "drawn"], rows) + "\n"
+
+
+def kernel_tables(out, run):
+    """The sequence-length tables of the seed figures: OUT/kernels/d64 and d128, measured here
+    when `run` (resumable, as the sweeps); where OUT has none, the GPU folder's attention/d64
+    and d128 beside it (measured before this part existed, without flash1 and naive)."""
+    own = [out / "kernels" / name for name in KERNELS]
+    for name, args in KERNELS.items():
+        bench(out / "kernels" / name, [*KERNEL_PROVIDERS, *args], run)
+    if any((t / "attention.json").is_file() for t in own):
+        return own
+    return [out.parent / "attention" / name for name in KERNELS]
 
 
 def seed_figures(out, tables):
@@ -391,7 +437,7 @@ NOT_TESTED = """The paper also claims, and this project does not test:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path)
-    p.add_argument("--only", default="table2,table2-medium,table4,figures,sweeps", help="parts to run")
+    p.add_argument("--only", default="table2,table2-medium,table4,figures,kernels,sweeps", help="parts to run")
     p.add_argument("--report-only", action="store_true", help="run nothing: the report from what OUT_DIR holds")
     p.add_argument("--budget", choices=("toy", "small", "paper"), default="small")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra train.py overrides for every run")
@@ -399,10 +445,11 @@ def main(argv=None):
     p.add_argument("--sweeps", help=f"with --only sweeps, the sweeps to measure (default all: {','.join(SWEEPS)}); "
                    "a machine with a time limit measures them over several calls")
     p.add_argument("--kernel-tables", nargs="*", type=Path, help="sequence-length tables of bench_attention.py for "
-                   "the seed-report figures (default: attention/d64 and attention/d128 beside OUT_DIR)")
+                   "the seed-report figures (default: OUT_DIR/kernels/d64 and d128, which `--only kernels` measures; "
+                   "without them attention/d64 and attention/d128 beside OUT_DIR)")
     a = p.parse_args(argv)
     parts = set(a.only.split(",")) if not a.report_only else set()
-    known = [*TABLE2_SIZES, "table4", "figures", "sweeps"]
+    known = [*TABLE2_SIZES, "table4", "figures", "kernels", "sweeps"]
     unknown = parts - set(known)
     if unknown:
         p.error(f"unknown --only parts {sorted(unknown)}: {', '.join(known)}")
@@ -433,10 +480,10 @@ def main(argv=None):
                        "![loss by position](table4/loss_by_position.png)", "", "All runs:", "", result[0]]
     report += ["The paper's Table 4 (quoted):", "", PAPER_TABLE4]
     report += ["## Figure 3: runtime and memory against sequence length", "", figures(a.out, a.budget, "figures" in parts)]
-    tables = a.kernel_tables if a.kernel_tables is not None else [a.out.parent / "attention" / "d64", a.out.parent / "attention" / "d128"]
+    tables = a.kernel_tables if a.kernel_tables is not None else kernel_tables(a.out, "kernels" in parts)
     report += ["## Kernel benchmarks of the seed reports", "", seed_figures(a.out, tables), "",
                "### Sweeps: batch, heads, embedding dim, head dim; TFLOP/s heatmap", "", sweeps(a.out, "sweeps" in parts, only_sweeps),
-               "### The seed reports' figures and ours", "", seed_map(a.out)]
+               "### The seed reports' figures and ours", "", seed_map(a.out, tables)]
     budget = a.out / "budget" / "budget.md"  # benchmarks/budget.py's, from the scaling runs' rates
     if budget.is_file():
         report += ["## The paper's training budgets at our measured rates", "",

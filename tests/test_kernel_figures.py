@@ -2,6 +2,7 @@
 and the report picks up committed tables without a GPU."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -60,9 +61,16 @@ def test_report_parts_from_committed_tables(tmp_path):
          "rows": causal}))
     text = sweeps(tmp_path, run=False)
     assert "sweeps/causal.png" in text and "sweeps/causal-fwd_and_bwd.png" in text and "earlier setting" not in text
-    table = seed_map(tmp_path)
+    table = seed_map(tmp_path, [tmp_path / "d64", tmp_path / "missing"])
     assert "| FA1 lab report (T4) | Fig. 5: causal against non-causal time | heads 8, batch 16, N 128-4096 | " \
-           "sweeps/causal.png | yes |" in table and table.count("not yet") == len(SEED_FIGURES) - 5  # kernels/ x 3, figure3
+           "sweeps/causal.png | sweeps/causal/attention.json | yes |" in table
+    assert "| kernels/speedup_bars.png | d64/attention.json, missing/attention.json | yes |" in table
+    assert table.count("not yet") == len(SEED_FIGURES) - 5  # kernels/ x 3, figure3
+    d64 = json.loads((tmp_path / "d64/attention.json").read_text())  # a table without FA1: its figure says so
+    d64["rows"] = [r for r in d64["rows"] if r["provider"] != "flash1"]
+    (tmp_path / "d64/attention.json").write_text(json.dumps(d64))
+    assert "| kernels/fa1_vs_fa2.png | d64/attention.json, missing/attention.json | without flash1 (its tables lack it" \
+        in seed_map(tmp_path, [tmp_path / "d64", tmp_path / "missing"])
 
 
 def test_forward_table_marks_oom():
@@ -71,6 +79,21 @@ def test_forward_table_marks_oom():
                                        error="OOM")]
     table = kernel_figures.forward_table(data)
     assert "| 64 | 2048 | 12 | 1 | - | OOM |" in table and "| 16 | 512 | 12 | 1 | 1.000 / 270 / 51200 |" in table
+
+
+def test_kernel_tables_are_the_reports_own_when_measured(tmp_path, monkeypatch):
+    """--only kernels measures OUT/kernels/d64 and d128 (flash1 and naive among the providers);
+    without them the report falls back to the GPU folder's attention/d64 and d128."""
+    from benchmarks import reproduce
+    asked = []
+    monkeypatch.setattr(reproduce, "bench", lambda out_dir, args, run: asked.append((out_dir, args, run)))
+    out = tmp_path / "paper"
+    assert reproduce.kernel_tables(out, run=True) == [tmp_path / "attention/d64", tmp_path / "attention/d128"]
+    assert [(d.relative_to(out), run) for d, _, run in asked] == [(Path("kernels/d64"), True), (Path("kernels/d128"), True)]
+    assert all("flash,flash1,sdpa-flash,sdpa-cudnn,flex,naive" in args for _, args, _ in asked)
+    (out / "kernels/d64").mkdir(parents=True)
+    (out / "kernels/d64/attention.json").write_text("{}")
+    assert reproduce.kernel_tables(out, run=False) == [out / "kernels/d64", out / "kernels/d128"]
 
 
 def test_sweeps_measures_only_the_named_ones(tmp_path, monkeypatch):
