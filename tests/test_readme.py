@@ -35,3 +35,20 @@ def test_readme_command_runs_as_written(command, shared_data):
         for p in sorted(set((ROOT / "runs").rglob("*")) - before, reverse=True):  # what this test made
             p.unlink() if p.is_file() or p.is_symlink() else p.rmdir()
     assert shlex.split(command)[1] == "python"
+
+
+def test_every_measured_figure_is_in_a_committed_result():
+    """Each decimal figure of the README's measured results is, to its own digits, a number that
+    some file under benchmarks/results holds: a figure typed from memory, or left behind when a
+    result was measured again, fails here."""
+    text = (ROOT / "README.md").read_text()
+    results = text[text.index("## Measured results"):]
+    results = results[:results.index("\n## ", 1)]
+    held = set()
+    for f in (ROOT / "benchmarks/results").rglob("*"):
+        if f.is_file() and f.suffix in (".md", ".json", ".jsonl", ".log", ".txt"):
+            held |= set(re.findall(r"(?<![\d.])\d+(?:\.\d+)?(?![\d])", f.read_text(errors="ignore")))
+    rounded = {f"{float(x):.{k}f}" for x in held for k in range(5)}
+    figures = set(re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", results))
+    assert figures, "README lost its measured results"
+    assert not sorted(figures - rounded), "README figures no committed result holds"
