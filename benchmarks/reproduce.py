@@ -109,8 +109,10 @@ def run_table(out, table, runs, budget, extra, steps_per_run, run=True):
         status.insert(0, f"measured on {m['device']}, {m['date']}, torch {m['torch']}: `{m['command']}`")
     config = load_dir(shown[0])["config"]
     data, model = config["data"], config["model"]
+    t = config["train"]
     status.insert(1, f"model: `{model['name']}` ({model['n_layer']} layers, {model['n_embd']} wide, {model['n_head']} heads), "
-                     f"context {config['context']}")
+                     f"context {config['context']}, {t['batch_tokens']:,} tokens a step in micro-batches of "
+                     f"{t['micro_batch_tokens']:,}")
     files = data.get("train_files") or data.get("dataset") or "see its config"
     status.insert(2, f"data: `data={data['name']}` ({', '.join(files) if isinstance(files, list) else files}); "
                      "val ppl is on its validation split, not on OpenWebText as in the paper's tables")
