@@ -4,7 +4,8 @@
 - write(): NAME.json ({"meta", "rows"}) and NAME.md (title, where and how, the table);
 - md_table(): a Markdown table;
 - train(), finished(), progress(): the one launcher of training runs (train.py, under torchrun
-  for several GPUs), reusing a finished run and resuming a cut one;
+  for several GPUs), reusing a finished run and resuming a cut one; a time limit's SIGTERM to
+  the launcher reaches the run, which checkpoints, and train() raises Stopped;
 - metrics(), steady_tokens_per_s(): a run's logged rows, and its steady-state tokens/s (the
   median of the logged intervals after those that hold compilation and autotuning).
   benchmarks/train_speed.py times sustained windows itself; its table is the training speed.
