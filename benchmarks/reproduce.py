@@ -413,7 +413,7 @@ def seed_figures(out, tables):
             sources.append(f"[{t.name}]({Path('..') / t.parent.name / t.name / 'attention.md'}) ({measured(data['meta'])}: "
                            f"`{harness.typed(data['meta']['command'])}`)")
     if not rows:
-        return "No sequence-length tables found.\n"
+        return "Sequence-length tables: not measured (needs a GPU: `--only kernels`).\n"
     fig = out / "kernels"
     fig.mkdir(parents=True, exist_ok=True)
     for name in ("speedup_bars", "fa1_vs_fa2", "fwd_vs_bwd"):
