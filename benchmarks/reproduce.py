@@ -122,6 +122,16 @@ def run_table(out, table, runs, budget, extra, steps_per_run, run=True):
     return status, (text, rows)
 
 
+def elsewhere(out, part, data):
+    """Where OUT lacks a part, the other GPU folders' reports that hold it (results/<gpu>/paper):
+    one current answer, found from either report."""
+    if (out / part / data).is_file():
+        return []
+    found = sorted(p.parent for p in out.parent.parent.glob(f"*/{out.name}/{part}/{data}") if p.parents[2] != out.parent)
+    return [f"- measured for another GPU's report: {', '.join(f'[{os.path.relpath(p, out)}]({os.path.relpath(p, out)})' for p in found)}", ""] \
+        if found else []
+
+
 def table2_claims(rows, ours="flash", sdpa="sdpa", megatron="standard-compiled", eager="standard-eager"):
     """Table 2's reading, computed from its rows (compare_runs.summarize's; the first is the
     baseline): throughput ratios with the intervals' noise, the wall time to the common loss and
@@ -465,7 +475,7 @@ def main(argv=None):
     report += ["## Table 2: training speed, same model, same curve", ""]
     for table, size in TABLE2_SIZES.items():
         status, result = run_table(a.out, table, TABLE2, a.budget, a.set, a.steps_per_run, table in parts)
-        report += [f"### {size}", "", *[f"- {s}" for s in status], ""]
+        report += [f"### {size}", "", *[f"- {s}" for s in status], "", *elsewhere(a.out, table, "compare.json")]
         if result:
             report += [result[0], *table2_claims(result[1]), "",
                        f"![val ppl]({table}/val_ppl.png) ![tokens/s]({table}/tokens_per_s.png)", ""]
@@ -480,8 +490,9 @@ def main(argv=None):
         if result:
             report += [table4_summary(result[1]), "![val ppl](table4/val_ppl.png)",
                        "![loss by position](table4/loss_by_position.png)", "", "All runs:", "", result[0]]
-    report += ["The paper's Table 4 (quoted):", "", PAPER_TABLE4]
-    report += ["## Figure 3: runtime and memory against sequence length", "", figures(a.out, a.budget, "figures" in parts)]
+    report += [*elsewhere(a.out, "table4", "summary.json"), "The paper's Table 4 (quoted):", "", PAPER_TABLE4]
+    report += ["## Figure 3: runtime and memory against sequence length", "", figures(a.out, a.budget, "figures" in parts),
+               *elsewhere(a.out, "figure3", "attention.json")]
     tables = a.kernel_tables if a.kernel_tables is not None else kernel_tables(a.out, "kernels" in parts)
     report += ["## Kernel benchmarks of the seed reports", "", seed_figures(a.out, tables), "",
                "### Sweeps: batch, heads, embedding dim, head dim; TFLOP/s heatmap", "", sweeps(a.out, "sweeps" in parts, only_sweeps),

@@ -66,3 +66,16 @@ def test_table2_reading_is_computed_from_the_rows():
     rows[3]["tokens_per_s_p10_p90"] = (430, 450)  # apart: no claim that the gap is noise
     assert "overlap" not in "\n".join(table2_claims(rows))
     assert table2_claims(rows[:3]) == []  # no flash run: nothing to say about it
+
+
+def test_a_part_another_gpus_report_holds_is_pointed_to(tmp_path):
+    """results/<gpu>/paper lacking a part that a sibling GPU folder measured: the report links
+    there instead of only saying "not run"; a folder holding the part gets no such line."""
+    from benchmarks import reproduce
+    (tmp_path / "h200/paper/figure3").mkdir(parents=True)
+    (tmp_path / "h200/paper/figure3/attention.json").write_text("{}")
+    (tmp_path / "h100/paper").mkdir(parents=True)
+    assert reproduce.elsewhere(tmp_path / "h100/paper", "figure3", "attention.json") == [
+        "- measured for another GPU's report: [../../h200/paper/figure3](../../h200/paper/figure3)", ""]
+    assert reproduce.elsewhere(tmp_path / "h200/paper", "figure3", "attention.json") == []
+    assert reproduce.elsewhere(tmp_path / "h100/paper", "table4", "summary.json") == []
