@@ -209,6 +209,18 @@ def _visible(rows, cols, shift, window, CAUSAL: tl.constexpr, WINDOW: tl.constex
     return ok
 
 
+@triton.jit
+def _tile(t, List, G: tl.constexpr, B: tl.constexpr):
+    """The first position of an inner loop's tile: t itself (G = 0), or, under a block mask, of
+    the t-th B-wide tile of the G-wide blocks that List names. One loop over every tile of the
+    listed blocks, rather than a loop per block, lets Triton's pipeliner fetch the next block's
+    tiles while this one computes."""
+    if G == 0:
+        return t
+    else:
+        return tl.load(List + t // (G // B)) * G + t % (G // B) * B
+
+
 # --------------------------------------------------------------------------------------------
 # forward
 # --------------------------------------------------------------------------------------------
@@ -216,11 +228,13 @@ def _visible(rows, cols, shift, window, CAUSAL: tl.constexpr, WINDOW: tl.constex
 def _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn, start, end,
                offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo, doc_hi,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr,
-               DROPOUT: tl.constexpr, B_c: tl.constexpr, TMA: tl.constexpr):
+               DROPOUT: tl.constexpr, B_c: tl.constexpr, TMA: tl.constexpr, List=None, G: tl.constexpr = 0):
     """Streams K/V blocks [start, end) through the online softmax of one Q block. With TMA,
     K_block and V_block are tensor descriptors (the copy engine fetches whole tiles and fills
-    rows past N_K with zeros); otherwise base pointers."""
-    for start_n in range(start, end, B_c):
+    rows past N_K with zeros); otherwise base pointers. With G (a block mask's block size),
+    [start, end) counts B_c-wide tiles of the G-wide blocks that List names instead (_tile)."""
+    for t in range(start, end, B_c if G == 0 else 1):
+        start_n = _tile(t, List, G, B_c)
         cols = start_n + offs_n
         if TMA:
             kT = tl.trans(K_block.load([start_n, 0]))
@@ -294,11 +308,10 @@ def flash2_fwd_kernel(Q, K, V, O, LSE, seed_ptr, DocStart, DocEnd, Blocks,
     doc_lo, doc_hi = _doc_bounds(DocRow, DocEndRow, offs_m, N_Q, shift, CAUSAL, DOC)
     if SPARSE:  # the block mask's lists for this Q block's row of G x G blocks: full ones, then partial ones
         row = Blocks + h * stride_blh + (i * B_r // G) * stride_blr
-        for t in range(0, tl.load(row)):
-            c = tl.load(row + 2 + t) * G
-            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
-                                       c, c + G, offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
-                                       qk_scale, dropout_p, window, doc_lo, doc_hi, False, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
+                                   0, tl.load(row) * (G // B_c), offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift,
+                                   qk_scale, dropout_p, window, doc_lo, doc_hi, False, CAUSAL, WINDOW, DOC, DROPOUT, B_c, TMA,
+                                   row + 2, G)
         for t in range(0, tl.load(row + 1)):
             c = tl.load(row + 2 + n_blocks + t) * G
             acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_block, V_block, stride_kn, stride_vn,
@@ -347,9 +360,12 @@ def _row_delta(o, do, dLSE_row, offs_m, row_ok, HAS_DLSE: tl.constexpr):
 def _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE_row, Delta_row, stride_qn, stride_don,
                     start, end, offs_m0, offs_n, key0, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p,
                     window, doc_lo, doc_hi, MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
-                    DOC: tl.constexpr, DROPOUT: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr):
-    """Accumulates dK_j, dV_j over query blocks [start, end), in the transposed frame (S^T)."""
-    for start_m in range(start, end, B_r):
+                    DOC: tl.constexpr, DROPOUT: tl.constexpr, B_r: tl.constexpr, B_c: tl.constexpr, List=None,
+                    G: tl.constexpr = 0):
+    """Accumulates dK_j, dV_j over query blocks [start, end), in the transposed frame (S^T);
+    with G, over the B_r-wide tiles of the blocks List names, as _fwd_inner."""
+    for t in range(start, end, B_r if G == 0 else 1):
+        start_m = _tile(t, List, G, B_r)
         rows = start_m + offs_m0
         row_ok = rows < N_Q
         qT = tl.load(Q_block + rows[None, :] * stride_qn + offs_d[:, None], mask=row_ok[None, :], other=0.0)
@@ -450,11 +466,10 @@ def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr, DocStart, 
         full_end = tl.minimum(tl.maximum(tl.maximum(lim_first - shift, 0) // B_r * B_r, mid), end)
     if SPARSE:  # the transposed lists: this K/V block's column of G x G blocks, full ones, then partial ones
         col = Blocks + h * stride_blh + (j * B_c // G) * stride_blr
-        for t in range(0, tl.load(col)):
-            r = tl.load(col + 2 + t) * G
-            dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
-                                     stride_qn, stride_don, r, r + G, offs_m0, offs_n, j * B_c, offs_d, seed, bh, N_Q, N_K,
-                                     shift, qk_scale, dropout_p, window, doc_lo, doc_hi, False, CAUSAL, WINDOW, DOC, DROPOUT, B_r, B_c)
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
+                                 stride_qn, stride_don, 0, tl.load(col) * (G // B_r), offs_m0, offs_n, j * B_c, offs_d, seed,
+                                 bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo, doc_hi, False, CAUSAL, WINDOW, DOC,
+                                 DROPOUT, B_r, B_c, col + 2, G)
         for t in range(0, tl.load(col + 1)):
             r = tl.load(col + 2 + n_blocks + t) * G
             dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_block, dO_block, LSE + bh * N_Q, Delta + bh * N_Q,
@@ -481,10 +496,12 @@ def flash2_bwd_dkdv_kernel(Q, K, V, dO, dK, dV, LSE, Delta, seed_ptr, DocStart, 
 def _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, start, end,
                   offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo, doc_hi,
                   MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, DOC: tl.constexpr,
-                  DROPOUT: tl.constexpr, B_c: tl.constexpr):
-    """Accumulates dQ_i over key blocks [start, end). Keys past N_K load as zero rows of K and
-    V, which makes their dS K contribution exactly zero: only the causal mask is needed."""
-    for start_n in range(start, end, B_c):
+                  DROPOUT: tl.constexpr, B_c: tl.constexpr, List=None, G: tl.constexpr = 0):
+    """Accumulates dQ_i over key blocks [start, end) (with G, over the tiles of the blocks List
+    names, as _fwd_inner). Keys past N_K load as zero rows of K and V, which makes their dS K
+    contribution exactly zero: only the causal mask is needed."""
+    for t in range(start, end, B_c if G == 0 else 1):
+        start_n = _tile(t, List, G, B_c)
         cols = start_n + offs_n
         col_ok = cols[None, :] < N_K
         kT = tl.load(K_block + cols[None, :] * stride_kn + offs_d[:, None], mask=col_ok, other=0.0)
@@ -545,11 +562,9 @@ def flash2_bwd_dq_kernel(Q, K, V, dO, dQ, LSE, Delta, seed_ptr, O, dLSE, DocStar
     doc_lo, doc_hi = _doc_bounds(DocRow, DocEndRow, offs_m, N_Q, shift, CAUSAL, DOC)
     if SPARSE:  # as in the forward
         row = Blocks + h * stride_blh + (i * B_r // G) * stride_blr
-        for t in range(0, tl.load(row)):
-            c = tl.load(row + 2 + t) * G
-            dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, c, c + G,
-                               offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
-                               doc_hi, False, CAUSAL, WINDOW, DOC, DROPOUT, B_c)
+        dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, 0, tl.load(row) * (G // B_c),
+                           offs_m, offs_n, offs_d, seed, bh, N_Q, N_K, shift, qk_scale, dropout_p, window, doc_lo,
+                           doc_hi, False, CAUSAL, WINDOW, DOC, DROPOUT, B_c, row + 2, G)
         for t in range(0, tl.load(row + 1)):
             c = tl.load(row + 2 + n_blocks + t) * G
             dq = _bwd_dq_inner(dq, q, do, lse2, delta, K_block, V_block, stride_kn, stride_vn, c, tl.minimum(c + G, N_K),

@@ -45,7 +45,7 @@ CASES = [pytest.param(b, dt, d, c, n, p, marks=pytest.mark.xdist_group(f"{b}-{dt
 
 
 def _errors(backend, dtype, d, causal, n_q, n_k, p, batch=2, heads=3, layout=lambda t: t, window=None, docs=None,
-            blocks=None, options=None):
+            blocks=None, options=None, block=None):
     """docs: per batch row, the lengths of the documents packed into its N_k keys; blocks: a
     function (n_q blocks, n_k blocks, heads) -> the layout of a block mask of BLOCK x BLOCK tiles;
     options: the backend's options (get_attention applies them, the defaults where not given)."""
@@ -70,8 +70,9 @@ def _errors(backend, dtype, d, causal, n_q, n_k, p, batch=2, heads=3, layout=lam
         ids = torch.tensor([[i for i, n in enumerate(row) for _ in range(n)] for row in docs], device=DEVICE)
         masks["documents"] = document_bounds(ids)
     if blocks is not None:
-        n_qb, n_kb = -(-n_q // BLOCK), -(-n_k // BLOCK)
-        masks["block_mask"] = block_mask(blocks(n_qb, n_kb, heads).to(DEVICE), BLOCK, n_q, n_k, causal)
+        block = block or BLOCK
+        n_qb, n_kb = -(-n_q // block), -(-n_k // block)
+        masks["block_mask"] = block_mask(blocks(n_qb, n_kb, heads).to(DEVICE), block, n_q, n_k, causal)
     ref = run(reference_attention, torch.float64, keep_mask=keep, **masks)
     low = run(reference_attention, dtype, keep_mask=keep, **masks)
     # Poison: fill and free blocks of the outputs' sizes, so the caching allocator hands
@@ -176,6 +177,19 @@ def test_block_sparse_matches_reference(dtype, pattern, causal, lengths, p):
     for name, (ours, naive, floor) in zip(["out", "dq", "dk", "dv"],
                                           _errors("flash", dtype, 16 if not GPU else 64, causal, *lengths, p,
                                                   blocks=BLOCK_PATTERNS[pattern])):
+        assert ours == ours, f"{name}: NaN"
+        assert ours <= 2 * naive + floor, f"{name}: error {ours:.2e} > 2 x naive {naive:.2e} + {floor:.1e}"
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_block_sparse_with_blocks_of_several_tiles(causal):
+    """Blocks twice the kernels' tile (the interpreter's 16, the GPU's up to 128): one loop walks
+    every tile of the listed blocks (attention/flash.py's _tile), so the second tile of each
+    block must be the right one, forward and backward."""
+    lengths = (1000, 1000) if GPU else (70, 70)
+    for name, (ours, naive, floor) in zip(["out", "dq", "dk", "dv"],
+                                          _errors("flash", DTYPES[0], 16 if not GPU else 64, causal, *lengths, 0.0,
+                                                  blocks=BLOCK_PATTERNS["per head"], block=2 * BLOCK)):
         assert ours == ours, f"{name}: NaN"
         assert ours <= 2 * naive + floor, f"{name}: error {ours:.2e} > 2 x naive {naive:.2e} + {floor:.1e}"
 
