@@ -110,3 +110,16 @@ def wait_for_step(run_dir, step, proc, timeout=300):
             return
         time.sleep(0.05)
     raise AssertionError(f"no step {step} within {timeout}s")
+
+
+def compiled_for_sm90(module, function, cases):
+    """{case: function(*case)} from `module`, run in a process of its own without the
+    interpreter (TRITON_INTERPRET=1 would hand Triton interpreted helpers): the kernels compiled
+    for Hopper by Triton's NVIDIA backend and ptxas, no GPU needed."""
+    code = (f"import json; from {module} import {function}; "
+            f"print(json.dumps([{function}(*c) for c in {list(cases)!r}]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "TRITON_INTERPRET": "0"},
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return dict(zip(cases, json.loads(out.stdout.strip().splitlines()[-1])))
+

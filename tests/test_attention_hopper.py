@@ -3,15 +3,12 @@ dispatch rules) and that each variant compiles for sm90 through ptxas; on a Hopp
 grid's criterion (error at most 2x the same-dtype reference's, outputs and gradients) with each
 Gluon path switched on and seen to run. The backward's Triton preprocess runs on both."""
 
-import json
-import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
-from tests.conftest import GPU, INTERPRET, ROOT
+from tests.conftest import GPU, INTERPRET, compiled_for_sm90
 
 hopper = pytest.importorskip("attention.hopper", reason="this Triton has no Gluon")
 HOPPER = GPU and torch.cuda.get_device_capability()[0] == 9
@@ -148,12 +145,7 @@ CASES = [(variant, D, causal) for variant in (*hopper.VARIANTS, "backward", "bac
 @pytest.fixture(scope="module")
 def compiled():
     """Every variant compiled in one process without the interpreter."""
-    code = ("import json; from tests.test_attention_hopper import CASES, compile_for_sm90; "
-            "print(json.dumps([compile_for_sm90(*c) for c in CASES]))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "TRITON_INTERPRET": "0"},
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return dict(zip(CASES, json.loads(out.stdout.strip().splitlines()[-1])))
+    return compiled_for_sm90("tests.test_attention_hopper", "compile_for_sm90", CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
