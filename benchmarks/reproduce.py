@@ -414,22 +414,31 @@ def kernel_tables(out, run):
 
 def seed_figures(out, tables):
     """Speedup over standard attention, FA1 vs FA2, forward vs backward, from the committed
-    sequence-length tables (benchmarks/results/<gpu>/d64, d128)."""
+    sequence-length tables (OUT/kernels/d64, d128, or the GPU folder's attention/d64, d128). A
+    figure whose comparison its tables lack (no naive rows for the speedup, no flash1 for FA1
+    against FA2) is not drawn, and a stale one is removed: the report says what is missing."""
     rows, sources = [], []
     for t in tables:
         if (t / "attention.json").is_file():
             data = json.loads((t / "attention.json").read_text())
             rows += data["rows"]
-            sources.append(f"[{t.name}]({Path('..') / t.parent.name / t.name / 'attention.md'}) ({measured(data['meta'])}: "
-                           f"`{harness.typed(data['meta']['command'])}`)")
+            link = os.path.relpath(t / "attention.md", out)
+            sources.append(f"[{t.name}]({link}) ({measured(data['meta'])}: `{harness.typed(data['meta']['command'])}`)")
     if not rows:
         return "Sequence-length tables: not measured (needs a GPU: `--only kernels`).\n"
+    present = {r["provider"] for r in rows if "error" not in r}
     fig = out / "kernels"
     fig.mkdir(parents=True, exist_ok=True)
-    for name in ("speedup_bars", "fa1_vs_fa2", "fwd_vs_bwd"):
-        getattr(kernel_figures, name)(rows, fig / f"{name}.png")
-    return ("![speedup over standard attention](kernels/speedup_bars.png)\n\n![FA1 vs FA2](kernels/fa1_vs_fa2.png)\n\n"
-            "![forward vs backward](kernels/fwd_vs_bwd.png)\n\nFrom " + "; ".join(sources) + "\n")
+    lines = []
+    for name, title, needs in (("speedup_bars", "speedup over standard attention", "naive"),
+                               ("fa1_vs_fa2", "FA1 vs FA2", "flash1"), ("fwd_vs_bwd", "forward vs backward", "flash")):
+        if needs in present:
+            getattr(kernel_figures, name)(rows, fig / f"{name}.png")
+            lines.append(f"![{title}](kernels/{name}.png)")
+        else:
+            (fig / f"{name}.png").unlink(missing_ok=True)
+            lines.append(f"- {title}: not drawn, these tables have no {needs} rows (`--only kernels` measures them with it)")
+    return "\n\n".join(lines) + "\n\nFrom " + "; ".join(sources) + "\n"
 
 
 NOT_TESTED = """The paper also claims, and this project does not test:

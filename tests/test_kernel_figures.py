@@ -51,7 +51,8 @@ def test_report_parts_from_committed_tables(tmp_path):
         (tmp_path / d).mkdir()
         (tmp_path / d / "attention.json").write_text(json.dumps({"meta": meta, "rows": rows(seqlen=[512, 1024])}))
     text = seed_figures(tmp_path, [tmp_path / "d64", tmp_path / "missing"])
-    assert "kernels/speedup_bars.png" in text and "GPU X, 2026-01-01" in text
+    assert "kernels/speedup_bars.png" in text and "GPU X, 2026-01-01" in text and "[d64](d64/attention.md)" in text
+
     assert "figure3/figure3.png" in figures(tmp_path, "small", run=False)
     assert sweeps(tmp_path, run=False).count("not measured") == len(SWEEPS)
     (tmp_path / "sweeps" / "causal").mkdir(parents=True)
@@ -71,6 +72,20 @@ def test_report_parts_from_committed_tables(tmp_path):
     (tmp_path / "d64/attention.json").write_text(json.dumps(d64))
     assert "| kernels/fa1_vs_fa2.png | d64/attention.json, missing/attention.json | without flash1 (its tables lack it" \
         in seed_map(tmp_path, [tmp_path / "d64", tmp_path / "missing"])
+
+
+def test_a_figure_its_tables_cannot_draw_is_named_not_drawn(tmp_path):
+    """Tables without standard attention (the H100's of 2026-11-23): no speedup figure, and a
+    stale one from an earlier drawing removed; the other figures drawn."""
+    meta = dict(device="GPU X", date="2026-01-01", torch="2", triton="3", command="python -m benchmarks.bench_attention")
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels/speedup_bars.png").write_bytes(b"stale")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/attention.json").write_text(json.dumps({"meta": meta, "rows": [
+        r for r in rows(seqlen=[512, 1024]) if r["provider"] != "naive"]}))
+    text = seed_figures(tmp_path, [tmp_path / "other"])
+    assert "speedup over standard attention: not drawn, these tables have no naive rows" in text
+    assert not (tmp_path / "kernels/speedup_bars.png").exists() and (tmp_path / "kernels/fa1_vs_fa2.png").is_file()
 
 
 def test_forward_table_marks_oom():
