@@ -67,7 +67,10 @@ def test_signal_under_torchrun_stops_both_ranks_after_the_same_step(tmp_path, re
     wait_for_step(tmp_path / "run", 3, proc)
     os.kill(workers[-1] if target == "one rank" else proc.pid, sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == (0 if target == "one rank" else 1), err[-3000:]
+    # torchrun exits 1 once its workers are down; at times its own teardown then aborts (SIGABRT,
+    # "terminate called without an active exception": seen in CI on 2026-12-07, torch 2.13,
+    # CPU), after the workers' stop, which is what is tested here.
+    assert proc.returncode in ({0} if target == "one rank" else {1, -signal.SIGABRT}), err[-3000:]
     stopped = max(m for m in losses(tmp_path / "run"))
     assert stopped < 12 and stopped in steps_of_checkpoints(tmp_path / "run")
     # Rank 0 prints: the signal's name if it got it, else that another rank did.
