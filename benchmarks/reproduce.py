@@ -363,8 +363,11 @@ def sweeps(out, run, only=None):
     return "\n".join(lines) + "\n"
 
 
-# Figures drawn from the sequence-length tables, and the provider each needs in them.
-FROM_TABLES = {"kernels/speedup_bars.png": "naive", "kernels/fa1_vs_fa2.png": "flash1", "kernels/fwd_vs_bwd.png": "naive"}
+# Figures drawn from the sequence-length tables: title, and the provider they compare ours
+# with (a figure is drawn, and answers its seed figure, only where the tables hold it).
+FROM_TABLES = {"kernels/speedup_bars.png": ("speedup over standard attention", "naive"),
+               "kernels/fa1_vs_fa2.png": ("FA1 vs FA2", "flash1"),
+               "kernels/fwd_vs_bwd.png": ("forward vs backward", "naive")}
 
 
 def _data_of(out, figure, tables):
@@ -385,14 +388,14 @@ def seed_map(out, tables=()):
         return {r["provider"] for r in json.loads(data.read_text())["rows"] if "error" not in r} if data.is_file() else set()
     def state(ours):
         for f in (x.strip() for x in ours.split(",")):
+            if f in FROM_TABLES and not any(FROM_TABLES[f][1] in providers_in(t) for t in tables):
+                return f"without {FROM_TABLES[f][1]} (its tables lack it: `--only kernels`)"
             if not (out / f).is_file():
                 return "not yet"
             name = Path(f).stem.split("-fwd_and_bwd")[0]
             data = out / "sweeps" / name / "attention.json"
             if f.startswith("sweeps/") and data.is_file() and not _current(json.loads(data.read_text()), name):
                 return "at an earlier setting"
-            if f in FROM_TABLES and not any(FROM_TABLES[f] in providers_in(t) for t in tables):
-                return f"without {FROM_TABLES[f]} (its tables lack it: `--only kernels`)"
         return "yes"
     rows = [[seed, figure, setting, ours,
              ", ".join(str(d) for f in ours.split(",") for d in _data_of(out, f.strip(), tables)), state(ours)]
@@ -430,13 +433,13 @@ def seed_figures(out, tables):
     fig = out / "kernels"
     fig.mkdir(parents=True, exist_ok=True)
     lines = []
-    for name, title, needs in (("speedup_bars", "speedup over standard attention", "naive"),
-                               ("fa1_vs_fa2", "FA1 vs FA2", "flash1"), ("fwd_vs_bwd", "forward vs backward", "flash")):
+    for figure, (title, needs) in FROM_TABLES.items():
+        name = Path(figure).stem
         if needs in present:
-            getattr(kernel_figures, name)(rows, fig / f"{name}.png")
-            lines.append(f"![{title}](kernels/{name}.png)")
+            getattr(kernel_figures, name)(rows, out / figure)
+            lines.append(f"![{title}]({figure})")
         else:
-            (fig / f"{name}.png").unlink(missing_ok=True)
+            (out / figure).unlink(missing_ok=True)
             lines.append(f"- {title}: not drawn, these tables have no {needs} rows (`--only kernels` measures them with it)")
     return "\n\n".join(lines) + "\n\nFrom " + "; ".join(sources) + "\n"
 

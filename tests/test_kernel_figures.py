@@ -85,7 +85,10 @@ def test_a_figure_its_tables_cannot_draw_is_named_not_drawn(tmp_path):
         r for r in rows(seqlen=[512, 1024]) if r["provider"] != "naive"]}))
     text = seed_figures(tmp_path, [tmp_path / "other"])
     assert "speedup over standard attention: not drawn, these tables have no naive rows" in text
+    assert "forward vs backward: not drawn" in text  # the seed's Fig. 12 compares with PyTorch
     assert not (tmp_path / "kernels/speedup_bars.png").exists() and (tmp_path / "kernels/fa1_vs_fa2.png").is_file()
+    table = seed_map(tmp_path, [tmp_path / "other"])
+    assert "| kernels/fwd_vs_bwd.png | other/attention.json | without naive (its tables lack it" in table
 
 
 def test_forward_table_marks_oom():
