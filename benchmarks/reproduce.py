@@ -31,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -127,7 +128,7 @@ def elsewhere(out, part, data):
     one current answer, found from either report."""
     if (out / part / data).is_file():
         return []
-    found = sorted(p.parent for p in out.parent.parent.glob(f"*/{out.name}/{part}/{data}") if p.parents[2] != out.parent)
+    found = [p / part for p in _other_reports(out, part, data)]
     return [f"- measured for another GPU's report: {', '.join(f'[{os.path.relpath(p, out)}]({os.path.relpath(p, out)})' for p in found)}", ""] \
         if found else []
 
@@ -281,14 +282,15 @@ def figures(out, budget, run):
     seqlens = ",".join(str(2 ** k) for k in range(7, 17 if budget != "toy" else 11))
     data, cmd = bench(out / "figure3", [*FIGURE3, "--seqlens", seqlens], run)
     if data is None:
-        return "Figure 3: not measured (needs a GPU: `--only figures`).\n"
+        return "Figure 3: not measured (needs a GPU: `--only figures`).\n", None
     kernel_figures.figure3(data["rows"], out / "figure3" / "figure3.png", data["meta"])
     rejected = {r["provider"]: r["error"] for r in data["rows"] if r.get("error", "OOM") != "OOM"}
     notes = figure3_claims(data["rows"]) + [f"- {p} did not run this setting: {e}" for p, e in rejected.items()]
     if not data["meta"].get("padding"):
         notes.append("- an earlier setting than the paper's (causal, no dropout, no padding mask): "
                      "`--only figures` measures it again as the paper ran it")
-    return "\n".join([f"![Figure 3](figure3/figure3.png)\n\nMeasured on {measured(data['meta'])}: {cmd}\n", *notes, ""])
+    text = "\n".join([f"![Figure 3](figure3/figure3.png)\n\nMeasured on {measured(data['meta'])}: {cmd}\n", *notes, ""])
+    return text, ("Figure 3", _where(data["meta"]), notes)
 
 
 def _span(values, fmt="{:.2f}"):
@@ -400,7 +402,13 @@ def seed_map(out, tables=()):
     rows = [[seed, figure, setting, ours,
              ", ".join(str(d) for f in ours.split(",") for d in _data_of(out, f.strip(), tables)), state(ours)]
             for seed, figure, setting, ours in SEED_FIGURES]
-    return harness.md_table(["seed report", "figure", "setting", "ours (in this folder)", "data", "drawn"], rows) + "\n"
+    counts = {}
+    for row in rows:
+        key = row[-1].split(" (")[0]
+        counts[key] = counts.get(key, 0) + 1
+    drawn = (f"{counts.pop('yes', 0)} of {len(rows)} drawn at the seed's setting from committed data"
+             + "".join(f"; {n} {state}" for state, n in counts.items()))
+    return harness.md_table(["seed report", "figure", "setting", "ours (in this folder)", "data", "drawn"], rows) + "\n", drawn
 
 
 def kernel_tables(out, run):
@@ -444,6 +452,67 @@ def seed_figures(out, tables):
     return "\n\n".join(lines) + "\n\nFrom " + "; ".join(sources) + "\n"
 
 
+def _where(meta):
+    return f"{meta['device']}, {meta['date']}"
+
+
+def _other_reports(out, part, data):
+    """The other GPU folders' report folders (results/<gpu>/paper) whose `part` holds `data`."""
+    return sorted(p.parents[1] for p in out.parent.parent.glob(f"*/{out.name}/{part}/{data}") if p.parents[2] != out.parent)
+
+
+def _not_here(out, part, data):
+    """A part OUT lacks: the other GPU reports that hold it, linked, or not measured."""
+    links = [f"[{p.parent.name}'s report]({_rel(p / 'report.md', out)})" for p in _other_reports(out, part, data)]
+    return [f"- in {' and '.join(links)}" if links else "- not measured yet"]
+
+
+def table4_item(folder):
+    """Table 4's summary item from benchmarks/table4.py's summary.json: the protocols' orders,
+    where the gain comes from, and the speed claim, as computed there."""
+    from benchmarks import table4
+    summ = json.loads((folder / "summary.json").read_text())
+    gpus = sorted({r["device"] for r in summ["runs"] if r.get("device")})
+    claims = [table4.ordering(summ, "staged"), table4.ordering(summ, "scratch"), table4.windows(summ), *table4.speed(summ)]
+    return "Table 4", " and ".join(gpus) or None, [f"- {c}" for c in claims if c]
+
+
+SUMMARY = "## Summary"
+# The README carries each GPU report's summary between these lines (`--readme`); tests check it.
+README_BLOCK = ("<!-- summary of {} (python -m benchmarks.reproduce OUT_DIR --report-only --readme README.md) -->",
+                "<!-- end of summary -->")
+
+
+def summary_lines(items):
+    lines = []
+    for title, where, claims in items:
+        head = f"- {title}" + (f" ({where})" if where else "") + ":"
+        lines += [f"{head} {claims[0][2:]}"] if len(claims) == 1 else [head, *(f"  {c}" for c in claims)]
+    return lines
+
+
+def _rel(path, start):
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def readme_block(report, readme_dir):
+    """A report's summary section, its relative links made relative to the README's folder."""
+    text = report.read_text()
+    body = text.split(f"\n{SUMMARY}\n", 1)[1].split("\n## ", 1)[0]
+    body = body[body.index("\n- ") + 1:].rstrip("\n")  # the claims, without the report's own lead-in
+    rebase = lambda m: f"]({_rel(report.parent / m.group(1), readme_dir)})"
+    return re.sub(r"\]\((?![a-z]+:|#)([^)]+)\)", rebase, body)
+
+
+def write_readme(readme, report):
+    """Replaces the README's block for this report by the report's summary."""
+    text = readme.read_text()
+    start = README_BLOCK[0].format(_rel(report, readme.parent))
+    head, rest = text.split(start, 1)
+    tail = rest.split(README_BLOCK[1], 1)[1]
+    readme.write_text(f"{head}{start}\n{readme_block(report, readme.parent)}\n{README_BLOCK[1]}{tail}")
+
+
 NOT_TESTED = """The paper also claims, and this project does not test:
 - BERT-large pretraining speed against the MLPerf 1.1 record (Table 1);
 - Long-Range Arena (Table 3), with block-sparse FlashAttention against approximate attention;
@@ -471,7 +540,13 @@ def main(argv=None):
     p.add_argument("--kernel-tables", nargs="*", type=Path, help="sequence-length tables of bench_attention.py for "
                    "the seed-report figures (default: OUT_DIR/kernels/d64 and d128, which `--only kernels` measures; "
                    "without them attention/d64 and attention/d128 beside OUT_DIR)")
+    p.add_argument("--readme", type=Path, help="also write the report's summary into this README, between the lines "
+                   f"{README_BLOCK[0].format('OUT_DIR/report.md')!r} and {README_BLOCK[1]!r}")
     a = p.parse_args(argv)
+    if a.readme and (not a.readme.is_file() or README_BLOCK[0].format(_rel(a.out / "report.md", a.readme.parent))
+                     not in a.readme.read_text()):
+        p.error(f"{a.readme} has no line {README_BLOCK[0].format(_rel(a.out / 'report.md', a.readme.parent))!r} "
+                f"(and {README_BLOCK[1]!r} after it) to write this report's summary between")
     parts = set(a.only.split(",")) if not a.report_only else set()
     known = [*TABLE2_SIZES, "table4", "figures", "kernels", "sweeps"]
     unknown = parts - set(known)
@@ -484,6 +559,7 @@ def main(argv=None):
     report = [f"# FlashAttention paper reproduction ({a.budget} budget)", "",
               f"Report written {time.strftime('%Y-%m-%d')} by `{harness.command(argv, 'benchmarks.reproduce')}`; each part says where and how it was measured. "
               "Every part present in OUT_DIR is reported; --only chooses what runs.", ""]
+    summary = []  # (part, where it was measured, its computed claims)
     report += ["## Table 2: training speed, same model, same curve", ""]
     for table, size in TABLE2_SIZES.items():
         status, result = run_table(a.out, table, TABLE2, a.budget, a.set, a.steps_per_run, table in parts)
@@ -491,10 +567,16 @@ def main(argv=None):
         if result:
             report += [result[0], *table2_claims(result[1]), "",
                        f"![val ppl]({table}/val_ppl.png) ![tokens/s]({table}/tokens_per_s.png)", ""]
+            meta = a.out / table / "meta.json"
+            summary.append((f"Table 2, {size}", _where(json.loads(meta.read_text())) if meta.is_file() else None,
+                            table2_claims(result[1])))
+        else:
+            summary.append((f"Table 2, {size}", None, _not_here(a.out, table, "compare.json")))
     report += ["The paper's Table 2 (quoted):", "", PAPER_TABLE2]
     report += ["## Table 4: longer context, better model", ""]
     if (a.out / "table4" / "summary.json").is_file() and "table4" not in parts:
         report += [table4_protocols(a.out / "table4")]  # the protocols of benchmarks/table4.py, scored there
+        summary.append(table4_item(a.out / "table4"))
     else:
         status, result = run_table(a.out, "table4", table4_runs(a.budget), a.budget, a.set, a.steps_per_run,
                                    "table4" in parts)
@@ -502,20 +584,32 @@ def main(argv=None):
         if result:
             report += [table4_summary(result[1]), "![val ppl](table4/val_ppl.png)",
                        "![loss by position](table4/loss_by_position.png)", "", "All runs:", "", result[0]]
+            summary.append(("Table 4", None, ["- val ppl: " + ", ".join(
+                f"{r['run']} (context {r['context']}) {math.exp(r['val_loss']):.2f}" for r in result[1])]))
+        else:
+            summary.append(("Table 4", None, _not_here(a.out, "table4", "summary.json")))
     report += [*elsewhere(a.out, "table4", "summary.json"), "The paper's Table 4 (quoted):", "", PAPER_TABLE4]
-    report += ["## Figure 3: runtime and memory against sequence length", "", figures(a.out, a.budget, "figures" in parts),
-               *elsewhere(a.out, "figure3", "attention.json")]
+    text, item = figures(a.out, a.budget, "figures" in parts)
+    report += ["## Figure 3: runtime and memory against sequence length", "", text, *elsewhere(a.out, "figure3", "attention.json")]
+    summary.append(item or ("Figure 3", None, _not_here(a.out, "figure3", "attention.json")))
     tables = a.kernel_tables if a.kernel_tables is not None else kernel_tables(a.out, "kernels" in parts)
+    figure_map, drawn = seed_map(a.out, tables)
     report += ["## Kernel benchmarks of the seed reports", "", seed_figures(a.out, tables), "",
                "### Sweeps: batch, heads, embedding dim, head dim; TFLOP/s heatmap", "", sweeps(a.out, "sweeps" in parts, only_sweeps),
-               "### The seed reports' figures and ours", "", seed_map(a.out, tables)]
+               "### The seed reports' figures and ours", "", figure_map]
+    summary.append(("The seed reports' figures", None, [f"- {drawn}"]))
     budget = a.out / "budget" / "budget.md"  # benchmarks/budget.py's, from the scaling runs' rates
     if budget.is_file():
         report += ["## The paper's training budgets at our measured rates", "",
                    budget.read_text().split("\n", 2)[2].strip(), ""]
     report += ["## Not tested here", "", NOT_TESTED]
+    report[4:4] = [SUMMARY, "", "Computed from the parts below, which give the tables, commands and figures; README.md carries it.", "",
+                   *summary_lines(summary), ""]
     (a.out / "report.md").write_text("\n".join(report) + "\n")
     print(f"wrote {a.out / 'report.md'}")
+    if a.readme:
+        write_readme(a.readme, a.out / "report.md")
+        print(f"wrote its summary into {a.readme}")
 
 
 if __name__ == "__main__":

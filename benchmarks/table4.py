@@ -210,6 +210,41 @@ def ordering(summ, protocol):
     return f"{what}, ppl over the paired 1K run: " + "; ".join(parts) + f". {verdict[0].upper()}{verdict[1:]}."
 
 
+def windows(summ, context=4096):
+    """Where the staged runs' gain comes from, computed: each staged run at `context` (position
+    table copied) scored with its context cut to 1024 against its paired control, its loss at
+    positions past 1024 against the control's last bucket, and the controls scored with a
+    sliding window (every target but the first window's sees 1023 tokens) against the staged
+    runs. Longer-range use would show as a staged run ahead of its control on 1024-token
+    windows too; fewer window starts, as a control with a sliding window catching up."""
+    runs = [r for r in summ["runs"] if r["val_ppl"] is not None]
+    staged = [r for r in runs if r["protocol"] == "staged" and r["context"] == context and r["init_positions"] == "copy"]
+    pairs = [(r, pair(r, runs)[0]) for r in staged if pair(r, runs)]
+    if not pairs:
+        return None
+    gains = [g for r, c in pairs if c["loss_by_position"]
+             for b, g in position_gain(r, c).items() if int(b.split("-")[0]) >= 1024]
+    ctrl = sorted({c["run"]: c for _, c in pairs}.values(), key=lambda c: c["seed"])
+    sliding = [c["val_ppl_sliding"] for c in ctrl if c["val_ppl_sliding"] is not None]
+    cut = [r["val_ppl_ctx1024"] for r, _ in pairs if r["val_ppl_ctx1024"] is not None]
+    span = lambda v, f="{:.2f}": f.format(min(v)) if f.format(min(v)) == f.format(max(v)) else f"{f.format(min(v))}-{f.format(max(v))}"
+    name = f"staged {context} (copy)"
+    lines = [f"Where the gain comes from ({name}, {len(pairs)} run{'s' if len(pairs) > 1 else ''}, each against its paired control):"]
+    if cut:
+        worse = all(r["val_ppl_ctx1024"] > c["val_ppl"] for r, c in pairs)
+        lines.append(f" cut to 1024-token windows it scores {span(cut)} against the controls' {span([c['val_ppl'] for c in ctrl])}"
+                     + (" (worse: on the control's own windows it is not the better model)" if worse else ""))
+    if gains:
+        lines.append(f"; its loss at positions 1024-{context - 1} minus the control's at 512-1023 is "
+                     f"{min(gains):+.3f} to {max(gains):+.3f} nats")
+    if sliding:
+        better = max(sliding) < min(r["val_ppl"] for r, _ in pairs)
+        lines.append(f"; the controls scored with a sliding window reach {span(sliding)}, against its {span([r['val_ppl'] for r, _ in pairs])}"
+                     + (": most of the gain is fewer window starts (targets without 1023 tokens before them), "
+                        "not attention across more than 1024 tokens" if better else ""))
+    return "".join(lines) + "."
+
+
 def baseline(r):
     """The 1K configuration a run is paired with, or None for the baselines themselves."""
     if r["protocol"] == "staged":
@@ -257,7 +292,7 @@ def table(summ):
                      f"{fmt(c['val_ppl_spread'])} | {c['baseline'] or ''} | {paired_ratios(c)} |")
     if any(not all(c.get("same_parent") or [True]) for c in summ["by_config"]):
         lines += ["", "\\* paired with the control of another training of the same seed's parent, not its own."]
-    verdicts = [v for v in (ordering(summ, "staged"), ordering(summ, "scratch")) if v] + speed(summ)
+    verdicts = [v for v in (ordering(summ, "staged"), ordering(summ, "scratch"), windows(summ)) if v] + speed(summ)
     return "\n".join(lines + [x for v in verdicts for x in ("", v)])
 
 

@@ -62,7 +62,7 @@ def test_report_parts_from_committed_tables(tmp_path):
          "rows": causal}))
     text = sweeps(tmp_path, run=False)
     assert "sweeps/causal.png" in text and "sweeps/causal-fwd_and_bwd.png" in text and "earlier setting" not in text
-    table = seed_map(tmp_path, [tmp_path / "d64", tmp_path / "missing"])
+    table = seed_map(tmp_path, [tmp_path / "d64", tmp_path / "missing"])[0]
     assert "| FA1 lab report (T4) | Fig. 5: causal against non-causal time | heads 8, batch 16, N 128-4096 | " \
            "sweeps/causal.png | sweeps/causal/attention.json | yes |" in table
     assert "| kernels/speedup_bars.png | d64/attention.json, missing/attention.json | yes |" in table
@@ -71,7 +71,7 @@ def test_report_parts_from_committed_tables(tmp_path):
     d64["rows"] = [r for r in d64["rows"] if r["provider"] != "flash1"]
     (tmp_path / "d64/attention.json").write_text(json.dumps(d64))
     assert "| kernels/fa1_vs_fa2.png | d64/attention.json, missing/attention.json | without flash1 (its tables lack it" \
-        in seed_map(tmp_path, [tmp_path / "d64", tmp_path / "missing"])
+        in seed_map(tmp_path, [tmp_path / "d64", tmp_path / "missing"])[0]
 
 
 def test_a_figure_its_tables_cannot_draw_is_named_not_drawn(tmp_path):
@@ -87,7 +87,7 @@ def test_a_figure_its_tables_cannot_draw_is_named_not_drawn(tmp_path):
     assert "speedup over standard attention: not drawn, these tables have no naive rows" in text
     assert "forward vs backward: not drawn" in text  # the seed's Fig. 12 compares with PyTorch
     assert not (tmp_path / "kernels/speedup_bars.png").exists() and (tmp_path / "kernels/fa1_vs_fa2.png").is_file()
-    table = seed_map(tmp_path, [tmp_path / "other"])
+    table = seed_map(tmp_path, [tmp_path / "other"])[0]
     assert "| kernels/fwd_vs_bwd.png | other/attention.json | without naive (its tables lack it" in table
 
 

@@ -52,3 +52,16 @@ def test_every_measured_figure_is_in_a_committed_result():
     figures = set(re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", results))
     assert figures, "README lost its measured results"
     assert not sorted(figures - rounded), "README figures no committed result holds"
+
+
+def test_the_paper_summaries_are_the_reports_own():
+    """The README's paper results are each GPU report's computed summary, copied by
+    `reproduce --readme`: a report regenerated without the README fails here."""
+    from benchmarks.reproduce import README_BLOCK, readme_block
+    text = (ROOT / "README.md").read_text()
+    head = re.escape(README_BLOCK[0]).replace(r"\{\}", "(.+?)")
+    blocks = re.findall(head + r"\n(.*?)\n" + re.escape(README_BLOCK[1]), text, re.S)
+    assert {name for name, _ in blocks} >= {"benchmarks/results/h100/paper/report.md", "benchmarks/results/h200/paper/report.md"}
+    for name, block in blocks:
+        assert block == readme_block(ROOT / name, ROOT), f"README's summary of {name} differs from the report's: " \
+            f"python -m benchmarks.reproduce {Path(name).parent} --report-only --readme README.md"

@@ -79,3 +79,30 @@ def test_a_part_another_gpus_report_holds_is_pointed_to(tmp_path):
         "- measured for another GPU's report: [../../h200/paper/figure3](../../h200/paper/figure3)", ""]
     assert reproduce.elsewhere(tmp_path / "h200/paper", "figure3", "attention.json") == []
     assert reproduce.elsewhere(tmp_path / "h100/paper", "table4", "summary.json") == []
+
+
+def test_the_summary_opens_the_report_and_goes_into_the_readme(tmp_path):
+    """The report's summary names where each part is (here, another GPU's report, linked); --readme
+    writes it between the README's lines for this report, links made relative to the README, the
+    rest of the README kept; a README without those lines is refused before anything runs."""
+    import pytest
+    from benchmarks import reproduce
+    (tmp_path / "h200/paper/figure3").mkdir(parents=True)
+    (tmp_path / "h200/paper/figure3/attention.json").write_text("{}")
+    out = tmp_path / "h100/paper"
+    out.mkdir(parents=True)
+    readme = tmp_path / "README.md"
+    start = reproduce.README_BLOCK[0].format("h100/paper/report.md")
+    readme.write_text(f"# top\n\n{start}\nstale\n{reproduce.README_BLOCK[1]}\n\nbottom\n")
+    reproduce.main([str(out), "--report-only", "--kernel-tables", "--readme", str(readme)])
+    report = (out / "report.md").read_text()
+    assert report.index("## Summary") < report.index("## Table 2")
+    assert "- Figure 3: in [h200's report](../../h200/paper/report.md)\n" in report
+    assert "- Table 2, GPT-2 medium: not measured yet\n" in report
+    text = readme.read_text()
+    assert text.startswith(f"# top\n\n{start}\n- Table 2, GPT-2 small: not measured yet\n") and "stale" not in text
+    assert "- Figure 3: in [h200's report](h200/paper/report.md)\n" in text and text.endswith("\n\nbottom\n")
+    readme.write_text("# no block\n")
+    with pytest.raises(SystemExit):
+        reproduce.main([str(out), "--report-only", "--kernel-tables", "--readme", str(readme)])
+    assert readme.read_text() == "# no block\n"

@@ -182,3 +182,25 @@ def test_speed_against_standard_attention_on_the_same_gpu(tmp_path):
     assert "attention=naive at 1024 at 300,000 (speed-naive-1024, 96 steps): 1.28x" in line
     assert f"268M tokens take {268435456 / 3.85e5 / 3600:.2f} h against {268435456 / 3e5 / 3600:.2f} h" in line
     assert line in table4.table(summ)
+
+
+def test_where_the_staged_gain_comes_from_is_computed(tmp_path):
+    """A staged 4K run ahead of its control only because fewer targets start a window: worse on
+    1024-token windows, and the control with a sliding window ahead of it; said so. A run ahead on
+    1024-token windows too is not said to gain from window starts."""
+    base = {"protocol": "staged", "context": 4096, "seed": 1, "init_positions": "copy", "train_tokens": 1, "parent": "p",
+            "val_tokens": 4096, "val_ppl": 28.4, "val_ppl_ctx1024": 30.1, "val_ppl_sliding": None, "curve": [],
+            "loss_by_position": {"512-1023": 3.34, "1024-2047": 3.33, "2048-4095": 3.335},
+            "tokens_per_s": 1.0, "train_time_s": 1.0, "attention": "flash"}
+    control = {**base, "protocol": "control", "context": 1024, "val_ppl": 29.6, "val_ppl_ctx1024": None,
+               "val_ppl_sliding": 28.2, "loss_by_position": {"512-1023": 3.336}}
+    for name, s in (("staged", base), ("control", control)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(s))
+    text = table4.windows(table4.summary(sorted(tmp_path.glob("*.json")), {}))
+    assert "cut to 1024-token windows it scores 30.10 against the controls' 29.60 (worse" in text
+    assert "minus the control's at 512-1023 is -0.006 to -0.001 nats" in text
+    assert "reach 28.20, against its 28.40: most of the gain is fewer window starts" in text
+    (tmp_path / "staged.json").write_text(json.dumps({**base, "val_ppl": 28.0, "val_ppl_ctx1024": 29.0}))
+    text = table4.windows(table4.summary(sorted(tmp_path.glob("*.json")), {}))
+    assert "worse" not in text and "fewer window starts" not in text
+    assert table4.windows(table4.summary([tmp_path / "control.json"], {})) is None
