@@ -53,7 +53,7 @@ def test_report_parts_from_committed_tables(tmp_path):
     text = seed_figures(tmp_path, [tmp_path / "d64", tmp_path / "missing"])
     assert "kernels/speedup_bars.png" in text and "GPU X, 2026-01-01" in text and "[d64](d64/attention.md)" in text
 
-    assert "figure3/figure3.png" in figures(tmp_path, "small", run=False)
+    assert "figure3/figure3.png" in figures(tmp_path, "small", run=False)[0]
     assert sweeps(tmp_path, run=False).count("not measured") == len(SWEEPS)
     (tmp_path / "sweeps" / "causal").mkdir(parents=True)
     causal = rows(seqlen=[128, 256])
