@@ -423,6 +423,33 @@ def kernel_tables(out, run):
     return [out.parent / "attention" / name for name in KERNELS]
 
 
+def kernel_claims(rows, ours="flash"):
+    """The sequence-length tables' reading, computed: ours over each other provider in fwd+bwd
+    TFLOP/s (the span over N and causal, per head dim), and standard attention's memory against
+    ours; points whose repeats spread over 5% counted."""
+    ok = {(r["provider"], r["head_dim"], r["causal"], r["seqlen"]): r for r in rows if "error" not in r}
+    mine = {k[1:]: r for k, r in ok.items() if k[0] == ours}
+    lines = []
+    for prov in dict.fromkeys(k[0] for k in ok):
+        if prov == ours:
+            continue
+        spans, shaky = [], 0
+        for d in sorted({k[0] for k in mine}):
+            shared = [k for k in mine if k[0] == d and (prov, *k) in ok]
+            if shared:
+                spans.append(f"d={d} " + _span([mine[k]["tflops_fwd+bwd"] / ok[prov, *k]["tflops_fwd+bwd"] for k in shared]) + "x")
+                shaky += sum(bool(mine[k].get("unstable") or ok[prov, *k].get("unstable")) for k in shared)
+        if spans:
+            ns = sorted({k[3] for k in ok if k[0] == prov})
+            lines.append(f"- {ours} over {prov}, fwd+bwd TFLOP/s: {', '.join(spans)} (N = {_span(ns, '{}')}, causal and not"
+                         + (f"; {shaky} points with a repeat spread over 5%" if shaky else "") + ")")
+    naive = [(k, r) for k, r in ok.items() if k[0] == "naive" and k[1:] in mine]
+    if naive:
+        lines.append(f"- memory beyond the inputs: naive {_span([r['peak_mem_mb'] for _, r in naive], '{:.0f}')} MB, "
+                     f"{ours} {_span([mine[k[1:]]['peak_mem_mb'] for k, _ in naive], '{:.0f}')} MB at the same points")
+    return lines
+
+
 def seed_figures(out, tables):
     """Speedup over standard attention, FA1 vs FA2, forward vs backward, from the committed
     sequence-length tables (OUT/kernels/d64, d128, or the GPU folder's attention/d64, d128). A
@@ -436,7 +463,7 @@ def seed_figures(out, tables):
             link = os.path.relpath(t / "attention.md", out)
             sources.append(f"[{t.name}]({link}) ({measured(data['meta'])}: `{harness.typed(data['meta']['command'])}`)")
     if not rows:
-        return "Sequence-length tables: not measured (needs a GPU: `--only kernels`).\n"
+        return "Sequence-length tables: not measured (needs a GPU: `--only kernels`).\n", None
     present = {r["provider"] for r in rows if "error" not in r}
     fig = out / "kernels"
     fig.mkdir(parents=True, exist_ok=True)
@@ -449,7 +476,11 @@ def seed_figures(out, tables):
         else:
             (out / figure).unlink(missing_ok=True)
             lines.append(f"- {title}: not drawn, these tables have no {needs} rows (`--only kernels` measures them with it)")
-    return "\n\n".join(lines) + "\n\nFrom " + "; ".join(sources) + "\n"
+    claims = kernel_claims(rows)
+    where = "; ".join(sorted({_where(json.loads((t / "attention.json").read_text())["meta"]) for t in tables
+                              if (t / "attention.json").is_file()}))
+    return "\n\n".join(lines) + "\n\n" + "\n".join(claims) + "\n\nFrom " + "; ".join(sources) + "\n", \
+        ("Kernels, the sequence-length tables", where, claims)
 
 
 def _where(meta):
@@ -594,7 +625,9 @@ def main(argv=None):
     summary.append(item or ("Figure 3", None, _not_here(a.out, "figure3", "attention.json")))
     tables = a.kernel_tables if a.kernel_tables is not None else kernel_tables(a.out, "kernels" in parts)
     figure_map, drawn = seed_map(a.out, tables)
-    report += ["## Kernel benchmarks of the seed reports", "", seed_figures(a.out, tables), "",
+    text, item = seed_figures(a.out, tables)
+    summary.append(item or ("Kernels, the sequence-length tables", None, ["- not measured yet"]))
+    report += ["## Kernel benchmarks of the seed reports", "", text, "",
                "### Sweeps: batch, heads, embedding dim, head dim; TFLOP/s heatmap", "", sweeps(a.out, "sweeps" in parts, only_sweeps),
                "### The seed reports' figures and ours", "", figure_map]
     summary.append(("The seed reports' figures", None, [f"- {drawn}"]))

@@ -50,8 +50,12 @@ def test_report_parts_from_committed_tables(tmp_path):
     for d in ("d64", "figure3"):
         (tmp_path / d).mkdir()
         (tmp_path / d / "attention.json").write_text(json.dumps({"meta": meta, "rows": rows(seqlen=[512, 1024])}))
-    text = seed_figures(tmp_path, [tmp_path / "d64", tmp_path / "missing"])
+    text, (title, where, claims) = seed_figures(tmp_path, [tmp_path / "d64", tmp_path / "missing"])
     assert "kernels/speedup_bars.png" in text and "GPU X, 2026-01-01" in text and "[d64](d64/attention.md)" in text
+    assert where == "GPU X, 2026-01-01" and claims[0] in text  # the reading, computed from the rows
+    assert "- flash over sdpa-cudnn, fwd+bwd TFLOP/s: d=64 0.94x (N = 512-1024, causal and not)" in claims
+    assert "- flash over naive, fwd+bwd TFLOP/s: d=64 15.00x (N = 512-1024, causal and not)" in claims
+    assert "- memory beyond the inputs: naive 51200-102400 MB, flash 51200-102400 MB at the same points" in claims
 
     assert "figure3/figure3.png" in figures(tmp_path, "small", run=False)[0]
     assert sweeps(tmp_path, run=False).count("not measured") == len(SWEEPS)
@@ -83,7 +87,7 @@ def test_a_figure_its_tables_cannot_draw_is_named_not_drawn(tmp_path):
     (tmp_path / "other").mkdir()
     (tmp_path / "other/attention.json").write_text(json.dumps({"meta": meta, "rows": [
         r for r in rows(seqlen=[512, 1024]) if r["provider"] != "naive"]}))
-    text = seed_figures(tmp_path, [tmp_path / "other"])
+    text = seed_figures(tmp_path, [tmp_path / "other"])[0]
     assert "speedup over standard attention: not drawn, these tables have no naive rows" in text
     assert "forward vs backward: not drawn" in text  # the seed's Fig. 12 compares with PyTorch
     assert not (tmp_path / "kernels/speedup_bars.png").exists() and (tmp_path / "kernels/fa1_vs_fa2.png").is_file()
