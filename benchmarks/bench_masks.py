@@ -116,8 +116,12 @@ def main(argv=None):
     p.add_argument("--cases", default="blocksparse,documents,window")
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--providers", default="ours,flex", help="ours and/or flex (ours alone: an A/B of our kernel)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
+    providers = a.providers.split(",")
+    if not providers or set(providers) - {"ours", "flex"}:
+        p.error(f"--providers {a.providers!r}: ours and/or flex, comma-separated")
     if not torch.cuda.is_available():
         p.error("measures kernels on a CUDA GPU and none is visible")
     meta = harness.metadata(argv, heads=a.heads, head_dim=a.head_dim, block=BLOCK, dtype="bfloat16")
@@ -129,9 +133,10 @@ def main(argv=None):
         kw = ours_kwargs(case, "cuda")
         if (n, batch) not in dense:
             dense[n, batch], _, _ = measure(lambda q, k, v, causal: flash_attention(q, k, v), batch, a.heads, n, d, False)
-        fns = {"ours": lambda q, k, v, causal, kw=kw, c=case["causal"]: flash_attention(q, k, v, causal=c, **kw),
-               "flex": flex_fn(case, a.heads, batch, "cuda")}
-        for name, fn in fns.items():
+        fns = {"ours": lambda: (lambda q, k, v, causal, kw=kw, c=case["causal"]: flash_attention(q, k, v, causal=c, **kw)),
+               "flex": lambda: flex_fn(case, a.heads, batch, "cuda")}
+        for name in providers:
+            fn = fns[name]()
             times, mem, spread = measure(fn, batch, a.heads, n, d, case["causal"])
             f = 4 * pairs * a.heads * d
             rows.append({"case": case["name"], "provider": name, "n": n, "batch": batch, "visited": visited,

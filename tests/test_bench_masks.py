@@ -36,3 +36,10 @@ def test_the_cases_of_the_issue():
     assert {"blocksparse 1/2", "blocksparse 1/16", "documents, mean 512", "documents, mean 2048", "window 1024"} <= set(names)
     case = bm.blocksparse_case(4096, 1 / 8, 12)
     assert abs(case["layout"].float().mean().item() - 1 / 8) < 0.05
+
+
+def test_an_unknown_provider_is_one_clear_error(tmp_path, capsys):
+    from benchmarks.bench_masks import main
+    with pytest.raises(SystemExit):
+        main(["--providers", "ours,sdpa", "--out", str(tmp_path)])
+    assert "--providers 'ours,sdpa': ours and/or flex" in capsys.readouterr().err
