@@ -429,7 +429,8 @@ def fa3_fwd_kernel(Q_desc, K_desc, V_desc, O_desc, LSE, N, H, qk_scale,
 # B_r = 64 query rows a step, so that S^T and dP^T ([B_c, B_r], fp32) fit beside the dK and dV
 # accumulators in the registers of 8 warps.
 # DQ_VEC: dQ_i's fp32 adds one element per instruction (1) or two neighbouring columns per
-# instruction (2, `_add_dq`); 2 is compiled and awaits its first GPU run (h100/attention/gluon-grid).
+# instruction (2, `_add_dq`); 2 is right on the GPU grid and measured 1-3% faster, within noise,
+# so 1 stays (h100/attention/gluon-dq-vec: the L2's atomic work, not the instruction count).
 BWD_TILES = {64: dict(B_r=64, B_c=128, STAGES=2, num_warps=8, DQ_VEC=1),
              128: dict(B_r=64, B_c=128, STAGES=2, num_warps=8, DQ_VEC=1)}
 # The backward's program order: None takes flash.heads_outer's rule (one key tile of every head

@@ -12,6 +12,7 @@ measures one process's first call, then a second call at the same shape for comp
 number of tokens per batch): lengths in a tuned power-of-two bucket are not tuned again.
 Each line splits the first call into its forward and backward and names the path taken
 (`gluon`: the Hopper forward's setting; FLASH_GLUON=0 in front times the portable kernels alone).
+torch's own first backward in the process (an import of sympy) runs before the timing.
 """
 
 import argparse
@@ -37,6 +38,14 @@ def fwd_bwd(attn, q, k, v, do, causal):
     return mid - start, time.perf_counter() - mid
 
 
+def warm_torch():
+    """torch's own first-use work, which any first backward pays and which is not our kernels':
+    autograd's first grad imports sympy through torch.fx (2.4 s of a 2.5 s first backward in a
+    cProfile of this script, benchmarks/results/h100/first-call/README.md)."""
+    x = torch.ones(1, device="cuda", requires_grad=True)
+    torch.autograd.grad(x * 2, x, torch.ones_like(x))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="4,4096,12,64", help="B,N,H,D")
@@ -48,6 +57,7 @@ def main():
     B, N, H, D = map(int, a.shape.split(","))
     attn = get_attention("flash")
     print(json.dumps(metadata()), flush=True)
+    warm_torch()
     for n in [N, *map(int, filter(None, a.lengths.split(",")))]:
         b = max(1, B * N // n)
         q, k, v, do = (torch.randn(b, n, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=i < 3) for i in range(4))

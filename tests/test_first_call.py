@@ -17,7 +17,9 @@ def test_each_line_splits_the_first_call_and_names_the_path(monkeypatch, capsys)
     real_randn = torch.randn
     monkeypatch.setattr(first_call.torch, "randn", lambda *s, device=None, **kw: real_randn(*s, **kw))
     calls = iter([(3.0, 1.0), (0.001, 0.002), (0.5, 0.25), (0.001, 0.002)])
-    monkeypatch.setattr(first_call, "fwd_bwd", lambda *a: next(calls))
+    order = []
+    monkeypatch.setattr(first_call, "warm_torch", lambda: order.append("torch"))
+    monkeypatch.setattr(first_call, "fwd_bwd", lambda *a: order.append("ours") or next(calls))
     monkeypatch.setenv("FLASH_GLUON", "0")
     monkeypatch.setattr(sys, "argv", ["first_call", "--shape", "2,128,2,16", "--lengths", "64"])
     try:
@@ -25,6 +27,7 @@ def test_each_line_splits_the_first_call_and_names_the_path(monkeypatch, capsys)
     finally:
         monkeypatch.delenv("FLASH_GLUON")
         first_call.flash.configure()  # the options back to their defaults for the tests after this one
+    assert order[:2] == ["torch", "ours"]  # torch's own first backward is not timed as ours
     meta, *lines = (json.loads(line) for line in capsys.readouterr().out.splitlines())
     assert meta["device"] == "a stand-in GPU" and meta["command"].startswith("FLASH_GLUON=0 python -m")
     assert [line["shape"] for line in lines] == [[2, 128, 2, 16], [4, 64, 2, 16]]  # the same tokens a batch
