@@ -517,6 +517,7 @@ README_BLOCK = ("<!-- summary of {} (python -m benchmarks.reproduce OUT_DIR --re
 def summary_lines(items):
     lines = []
     for title, where, claims in items:
+        claims = claims or ["- measured: its part below has the table (no reading computed for it)"]
         head = f"- {title}" + (f" ({where})" if where else "") + ":"
         lines += [f"{head} {claims[0][2:]}"] if len(claims) == 1 else [head, *(f"  {c}" for c in claims)]
     return lines

@@ -106,3 +106,10 @@ def test_the_summary_opens_the_report_and_goes_into_the_readme(tmp_path):
     with pytest.raises(SystemExit):
         reproduce.main([str(out), "--report-only", "--kernel-tables", "--readme", str(readme)])
     assert readme.read_text() == "# no block\n"
+
+
+def test_summary_lines():
+    from benchmarks.reproduce import summary_lines
+    assert summary_lines([("A", "GPU X, 2026-01-01", []), ("B", None, ["- one"]), ("C", None, ["- a", "- b"])]) == [
+        "- A (GPU X, 2026-01-01): measured: its part below has the table (no reading computed for it)",
+        "- B: one", "- C:", "  - a", "  - b"]
