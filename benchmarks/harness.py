@@ -33,9 +33,13 @@ def command(argv=None, module=None):
     """`python -m benchmarks.NAME ARGS` as a user types it: paths inside the repository
     relative to it, any other absolute path (a GPU machine's scratch folder) as OUT, and in
     front the FLASH_* variables set (the kernel's launch options: FLASH_AUTOTUNE=0 measures
-    fixed tiles, not tuned ones)."""
-    module = module or getattr(sys.modules["__main__"].__spec__, "name", None) or \
-        "benchmarks." + Path(sys.argv[0]).stem
+    fixed tiles, not tuned ones). Under `python -c CODE ARGS` (an A/B that sets a module
+    constant first) Python keeps no copy of CODE: the command says CODE, the README the code."""
+    if module is None and sys.argv[0] == "-c":
+        program = "python -c CODE"
+    else:
+        program = "python -m " + (module or getattr(sys.modules["__main__"].__spec__, "name", None)
+                                  or "benchmarks." + Path(sys.argv[0]).stem)
     args = []
     for arg in sys.argv[1:] if argv is None else argv:
         arg = str(arg)
@@ -44,7 +48,7 @@ def command(argv=None, module=None):
             arg = str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else "OUT"
         args.append(arg)
     launch = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("FLASH_")]
-    return " ".join([*launch, "python -m", module, *args])
+    return " ".join([*launch, program, *args])
 
 
 def typed(recorded):

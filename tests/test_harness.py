@@ -26,6 +26,9 @@ def test_command_is_what_a_user_types(monkeypatch):
         "FLASH_AUTOTUNE=0 python -m benchmarks.bench_attention"
     assert harness.typed("benchmarks/bench_attention.py --out OUT") == "python benchmarks/bench_attention.py --out OUT"
     assert harness.typed("python -m benchmarks.reproduce OUT") == "python -m benchmarks.reproduce OUT"
+    # python -c "from attention import hopper; ...; bench_attention.main()" ARGS: not "benchmarks.-c"
+    monkeypatch.setattr(sys, "argv", ["-c", "--seqlens", "8192"])
+    assert harness.command() == "FLASH_AUTOTUNE=0 python -c CODE --seqlens 8192"
 
 
 def test_metadata_and_the_files_written(tmp_path, monkeypatch):
