@@ -428,11 +428,10 @@ def fa3_fwd_kernel(Q_desc, K_desc, V_desc, O_desc, LSE, N, H, qk_scale,
 # --------------------------------------------------------------------------------------------
 # B_r = 64 query rows a step, so that S^T and dP^T ([B_c, B_r], fp32) fit beside the dK and dV
 # accumulators in the registers of 8 warps.
-# DQ_VEC: dQ_i's fp32 adds one element per instruction (1) or two neighbouring columns per
-# instruction (2, `_add_dq`); 2 is right on the GPU grid and measured 1-3% faster, within noise,
-# so 1 stays (h100/attention/gluon-dq-vec: the L2's atomic work, not the instruction count).
-BWD_TILES = {64: dict(B_r=64, B_c=128, STAGES=2, num_warps=8, DQ_VEC=1),
-             128: dict(B_r=64, B_c=128, STAGES=2, num_warps=8, DQ_VEC=1)}
+# dQ_i's adds go one fp32 element an instruction: two neighbouring columns an instruction
+# (red.global.add.v2.f32, commit 74fb704) were right but 1-3% faster, within noise, so the cost is
+# the L2's atomic work, not the instructions (benchmarks/results/h100/attention/gluon-dq-vec).
+BWD_TILES = {64: dict(B_r=64, B_c=128, STAGES=2, num_warps=8), 128: dict(B_r=64, B_c=128, STAGES=2, num_warps=8)}
 # The backward's program order: None takes flash.heads_outer's rule (one key tile of every head
 # before the next under the causal mask at these shapes), True / False force heads outermost /
 # innermost. An open question (h100/attention/gluon-grid): the masked backward measured slower
@@ -448,25 +447,9 @@ def dq_layout(num_warps, d):
 
 
 @gluon.jit
-def _add_dq(ptrs, values, DQ_VEC: gl.constexpr):
-    """values into the fp32 dQ accumulator at ptrs, from many programs at once: one atomic add an
-    element (DQ_VEC = 1), or one red.global.add.v2.f32 for each pair of neighbouring columns
-    (DQ_VEC = 2: sm90's vector reduction, half the instructions and whole 8-byte words). A
-    thread of wgmma's accumulator layout holds its columns in such pairs, and they come to the
-    asm two at a time in that order. FA3 reduces a whole tile through TMA instead, which
-    Triton 3.6's Gluon does not expose."""
-    if DQ_VEC == 1:
-        gl.atomic_add(ptrs, values, sem="relaxed")
-    else:
-        gl.inline_asm_elementwise("red.global.add.v2.f32 [$2], {$4, $5};\n\tmov.b32 $0, 0;\n\tmov.b32 $1, 0;",
-                                  "=r,=r,l,l,r,r", [ptrs.to(gl.int64), values], dtype=gl.int32, is_pure=False,
-                                  pack=2)
-
-
-@gluon.jit
 def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, LSE, Delta, N, H, qk_scale, scale,
                    dS_layout: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr, HEADS_OUTER: gl.constexpr,
-                   DQ_VEC: gl.constexpr, num_warps: gl.constexpr):
+                   num_warps: gl.constexpr):
     """For key tile j and every query tile i that sees it, with P recomputed from the forward's
     LSE and Delta_i = rowsum(dO_i * O_i):
         S^T = K_j Q_i^T,  P^T = exp(s S^T - LSE_i),  dP^T = V_j dO_i^T,  dS^T = P^T * (dP^T - Delta_i)
@@ -549,7 +532,7 @@ def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, LSE, D
                              use_acc=False, is_async=True)
         dV, dK, dQ_i = warpgroup_mma_wait(num_outstanding=0, deps=(dV, dK, dQ_i))
         offsets = gl.expand_dims((row0 + i * B_r + dQ_rows) * (H * D) + col, 1) + gl.expand_dims(dQ_cols, 0)
-        _add_dq(dQ + offsets, dQ_i * scale, DQ_VEC)
+        gl.atomic_add(dQ + offsets, dQ_i * scale, sem="relaxed")
         cta_barrier()  # every warpgroup is done with dS^T and this step's Q_i, dO_i slot
 
     # dK_j (scaled) and dV_j out through TMA, staged in K_j's and V_j's buffers.
@@ -701,5 +684,5 @@ def backward(do, q, k, v, o, lse, causal, scale, dq, dk, dv):
         _matrix(q, t["B_r"]), _matrix(k, t["B_c"]), _matrix(v, t["B_c"]), _matrix(do, t["B_r"]),
         _matrix(dk, t["B_c"]), _matrix(dv, t["B_c"]), dq_acc, lse, delta, N, H, scale * LOG2E, scale,
         dS_layout=dS_layout, CAUSAL=causal, STAGES=t["STAGES"], HEADS_OUTER=flash.heads_outer(q.device, B * H, causal) if BWD_HEADS_OUTER is None else BWD_HEADS_OUTER,
-        DQ_VEC=t["DQ_VEC"], num_warps=t["num_warps"])
+        num_warps=t["num_warps"])
     dq.copy_(dq_acc)

@@ -51,6 +51,12 @@ def command(argv=None, module=None):
     return " ".join([*launch, program, *args])
 
 
+def span(values, fmt="{:.2f}"):
+    """"lo-hi" of values as fmt writes them, or one value where both read the same."""
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
 def typed(recorded):
     """A recorded command as typed: results written before this harness recorded the script's
     path and arguments without `python`."""

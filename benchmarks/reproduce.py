@@ -169,7 +169,7 @@ def table2_claims(rows, ours="flash", sdpa="sdpa", megatron="standard-compiled",
     if diffs:
         lines.append(f"- the same curve: every run's train loss within {max(diffs):.3f} of {base['run']}'s at every "
                      f"logged step (same seed, data and schedule), final val loss "
-                     f"{_span([r['val_loss'] for r in rows if r.get('val_loss') is not None], '{:.3f}')}")
+                     f"{harness.span([r['val_loss'] for r in rows if r.get('val_loss') is not None], '{:.3f}')}")
     return lines
 
 
@@ -293,11 +293,6 @@ def figures(out, budget, run):
     return text, ("Figure 3", _where(data["meta"]), notes)
 
 
-def _span(values, fmt="{:.2f}"):
-    lo, hi = min(values), max(values)
-    return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
-
-
 def figure3_claims(rows, ours="flash", standard="naive", sparse="flash-butterfly", from_n=4096):
     """Figure 3's reading, computed from its rows: ours against standard attention (time, memory,
     where standard attention runs out of memory), against every other dense provider, and
@@ -306,26 +301,26 @@ def figure3_claims(rows, ours="flash", standard="naive", sparse="flash-butterfly
     mine = {n: r for (p, n), r in ok.items() if p == ours}
     if not mine:
         return []
-    lines = [f"- {ours}: memory beyond the inputs {_span([r['peak_mem_mb'] for r in mine.values()], '{:.0f}')} MB "
-             f"at N = {_span(mine, '{}')}"]
+    lines = [f"- {ours}: memory beyond the inputs {harness.span([r['peak_mem_mb'] for r in mine.values()], '{:.0f}')} MB "
+             f"at N = {harness.span(mine, '{}')}"]
     both = [n for n in mine if (standard, n) in ok]
     oom = sorted(r["seqlen"] for r in rows if r["provider"] == standard and r.get("error") == "OOM")
     if both:
         t = [ok[standard, n]["ms_fwd+bwd"] / mine[n]["ms_fwd+bwd"] for n in both]
         m = [ok[standard, n]["peak_mem_mb"] / mine[n]["peak_mem_mb"] for n in both]
-        lines.append(f"- against standard attention ({standard}), N = {_span(both, '{}')}: {_span(t, '{:.1f}')}x faster "
-                     f"fwd+bwd, {_span(m, '{:.1f}')}x less memory" + (f"; {standard} runs out of memory from N = {oom[0]}" if oom else ""))
+        lines.append(f"- against standard attention ({standard}), N = {harness.span(both, '{}')}: {harness.span(t, '{:.1f}')}x faster "
+                     f"fwd+bwd, {harness.span(m, '{:.1f}')}x less memory" + (f"; {standard} runs out of memory from N = {oom[0]}" if oom else ""))
     for prov in dict.fromkeys(p for p, _ in ok):
         shared = [n for n in mine if (prov, n) in ok]
         if prov in (ours, standard, sparse) or not shared:
             continue
         ratio = [mine[n]["ms_fwd+bwd"] / ok[prov, n]["ms_fwd+bwd"] for n in shared]
-        lines.append(f"- {ours}'s fwd+bwd time / {prov}'s: {_span(ratio)} (N = {_span(shared, '{}')}; below 1: ours faster)")
+        lines.append(f"- {ours}'s fwd+bwd time / {prov}'s: {harness.span(ratio)} (N = {harness.span(shared, '{}')}; below 1: ours faster)")
     long = [n for n in mine if (sparse, n) in ok and n >= from_n and "density" in ok[sparse, n]]
     if long:
         extra = [ok[sparse, n]["ms_fwd+bwd"] / mine[n]["ms_fwd+bwd"] - ok[sparse, n]["density"] for n in long]
-        lines.append(f"- {sparse}: at density rho it takes rho + ({_span(extra, '{:.3f}')}) of {ours}'s fwd+bwd time "
-                     f"(N = {_span(long, '{}')})")
+        lines.append(f"- {sparse}: at density rho it takes rho + ({harness.span(extra, '{:.3f}')}) of {ours}'s fwd+bwd time "
+                     f"(N = {harness.span(long, '{}')})")
     return lines
 
 
@@ -437,16 +432,16 @@ def kernel_claims(rows, ours="flash"):
         for d in sorted({k[0] for k in mine}):
             shared = [k for k in mine if k[0] == d and (prov, *k) in ok]
             if shared:
-                spans.append(f"d={d} " + _span([mine[k]["tflops_fwd+bwd"] / ok[prov, *k]["tflops_fwd+bwd"] for k in shared]) + "x")
+                spans.append(f"d={d} " + harness.span([mine[k]["tflops_fwd+bwd"] / ok[prov, *k]["tflops_fwd+bwd"] for k in shared]) + "x")
                 shaky += sum(bool(mine[k].get("unstable") or ok[prov, *k].get("unstable")) for k in shared)
         if spans:
             ns = sorted({k[3] for k in ok if k[0] == prov})
-            lines.append(f"- {ours} over {prov}, fwd+bwd TFLOP/s: {', '.join(spans)} (N = {_span(ns, '{}')}, causal and not"
+            lines.append(f"- {ours} over {prov}, fwd+bwd TFLOP/s: {', '.join(spans)} (N = {harness.span(ns, '{}')}, causal and not"
                          + (f"; {shaky} points with a repeat spread over 5%" if shaky else "") + ")")
     naive = [(k, r) for k, r in ok.items() if k[0] == "naive" and k[1:] in mine]
     if naive:
-        lines.append(f"- memory beyond the inputs: naive {_span([r['peak_mem_mb'] for _, r in naive], '{:.0f}')} MB, "
-                     f"{ours} {_span([mine[k[1:]]['peak_mem_mb'] for k, _ in naive], '{:.0f}')} MB at the same points")
+        lines.append(f"- memory beyond the inputs: naive {harness.span([r['peak_mem_mb'] for _, r in naive], '{:.0f}')} MB, "
+                     f"{ours} {harness.span([mine[k[1:]]['peak_mem_mb'] for k, _ in naive], '{:.0f}')} MB at the same points")
     return lines
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import metrics, steady_tokens_per_s
+from benchmarks.harness import metrics, span, steady_tokens_per_s
 
 SPAN = 4096
 CUT = 1024
@@ -195,8 +195,8 @@ def ordering(summ, protocol):
     ctx = sorted(ranges)
     steps = list(zip(ctx, ctx[1:]))
     runs = lambda n: f"{n} run" + ("s" if n > 1 else "")
-    span = lambda lo, hi: f"{lo:.3f}x" if lo == hi else f"{lo:.3f}-{hi:.3f}x"
-    parts = [f"{c}: {span(*ranges[c][:2])} ({runs(ranges[c][2])})" for c in ctx[:0:-1]]
+    ratio_span = lambda lo, hi: f"{lo:.3f}x" if lo == hi else f"{lo:.3f}-{hi:.3f}x"
+    parts = [f"{c}: {ratio_span(*ranges[c][:2])} ({runs(ranges[c][2])})" for c in ctx[:0:-1]]
     chain = lambda sign, order: f" {sign} ".join(f"ppl({c // 1024}K)" for c in order)
     if all(ranges[hi][1] < ranges[lo][0] for lo, hi in steps):
         verdict = f"every run of a longer context is below every run of a shorter one: {chain('<', ctx[::-1])}, the paper's order"
@@ -219,7 +219,7 @@ def windows(summ, context=4096):
     windows too; fewer window starts, as a control with a sliding window catching up."""
     runs = [r for r in summ["runs"] if r["val_ppl"] is not None]
     staged = [r for r in runs if r["protocol"] == "staged" and r["context"] == context and r["init_positions"] == "copy"]
-    pairs = [(r, pair(r, runs)[0]) for r in staged if pair(r, runs)]
+    pairs = [(r, p[0]) for r in staged if (p := pair(r, runs))]
     if not pairs:
         return None
     gains = [g for r, c in pairs if c["loss_by_position"]
@@ -227,7 +227,6 @@ def windows(summ, context=4096):
     ctrl = sorted({c["run"]: c for _, c in pairs}.values(), key=lambda c: c["seed"])
     sliding = [c["val_ppl_sliding"] for c in ctrl if c["val_ppl_sliding"] is not None]
     cut = [r["val_ppl_ctx1024"] for r, _ in pairs if r["val_ppl_ctx1024"] is not None]
-    span = lambda v, f="{:.2f}": f.format(min(v)) if f.format(min(v)) == f.format(max(v)) else f"{f.format(min(v))}-{f.format(max(v))}"
     name = f"staged {context} (copy)"
     lines = [f"Where the gain comes from ({name}, {len(pairs)} run{'s' if len(pairs) > 1 else ''}, each against its paired control):"]
     if cut:

@@ -100,20 +100,18 @@ def test_auto_runs_a_variant_only_where_it_was_measured_faster(monkeypatch):
 def compile_for_sm90(variant, D, causal):
     """The kernel through Gluon, the NVIDIA backend and ptxas for sm90, no GPU needed: what a
     check reads of it. Run without TRITON_INTERPRET, which would hand Gluon interpreted helpers.
-    variant "backward": the one-kernel backward; "backward-dq2": with dQ added two columns an
-    instruction (DQ_VEC = 2)."""
+    variant "backward": the one-kernel backward."""
     from triton.runtime.jit import mangle_type
     from triton.experimental.gluon import language as gl
     q = qkv(D=D)[0]
-    if variant.startswith("backward"):
-        tiles = {**hopper.BWD_TILES[D], **({"DQ_VEC": 2} if variant == "backward-dq2" else {})}
+    if variant == "backward":
+        tiles = hopper.BWD_TILES[D]
         rows = dict(Q_desc="B_r", K_desc="B_c", V_desc="B_c", dO_desc="B_r", dK_desc="B_c", dV_desc="B_c")
         descs = {name: hopper._matrix(q, tiles[r]) for name, r in rows.items()}
         scalars = {"dQ": "*fp32", "LSE": "*fp32", "Delta": "*fp32", "N": "i32", "H": "i32", "qk_scale": "fp32",
                    "scale": "fp32"}
         constexprs = {"dS_layout": gl.NVMMASharedLayout.get_default_for([tiles["B_c"], tiles["B_r"]], gl.bfloat16),
-                      "CAUSAL": causal, "STAGES": tiles["STAGES"], "HEADS_OUTER": not causal, "DQ_VEC": tiles["DQ_VEC"],
-                      "num_warps": tiles["num_warps"]}
+                      "CAUSAL": causal, "STAGES": tiles["STAGES"], "HEADS_OUTER": not causal, "num_warps": tiles["num_warps"]}
         kernel = hopper.fa3_bwd_kernel
     else:
         tiles = hopper.TILES[variant][D]
@@ -134,11 +132,10 @@ def _compiled(kernel, signature, constexprs, num_warps):
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
     ptx = compiled.asm["ptx"]
     return {"cubin": len(compiled.asm["cubin"]), "wgmma": "wgmma.mma_async" in ptx, "tma": "cp.async.bulk.tensor" in ptx,
-            "atomics": "red.global" in ptx or "atom.global" in ptx, "shared": compiled.metadata.shared,
-            "vector_red": "red.global.add.v2.f32" in ptx}
+            "atomics": "red.global" in ptx or "atom.global" in ptx, "shared": compiled.metadata.shared}
 
 
-CASES = [(variant, D, causal) for variant in (*hopper.VARIANTS, "backward", "backward-dq2") for D in hopper.HEAD_DIMS
+CASES = [(variant, D, causal) for variant in (*hopper.VARIANTS, "backward") for D in hopper.HEAD_DIMS
          for causal in (False, True)]
 
 
@@ -155,8 +152,7 @@ def test_compiles_for_sm90(compiled, case):
     k = compiled[case]
     assert k["cubin"] and k["wgmma"] and k["tma"]
     assert k["shared"] <= 227 * 1024
-    assert k["vector_red"] == (case[0] == "backward-dq2")
-    assert k["atomics"] == case[0].startswith("backward")
+    assert k["atomics"] == (case[0] == "backward")
 
 
 # The Gluon paths, each as the launch options that select it and the function they route to.
