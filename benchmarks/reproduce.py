@@ -228,8 +228,9 @@ SWEEPS = {
 # The FA1 lab report's sequence-length figures (time and TFLOP/s against N, speedup over PyTorch,
 # FA1 against FA2, forward against backward) at 16K tokens a batch, GPT-2's d=64 and d=128:
 # every provider the seeds compare, ours (flash), FA1 (flash1), standard attention (naive), and
-# what a PyTorch user has (SDPA's FA2 and cuDNN, FlexAttention). name -> bench_attention arguments.
-KERNEL_PROVIDERS = ["--providers", "flash,flash1,sdpa-flash,sdpa-cudnn,flex,naive"]
+# what a PyTorch user has (SDPA's FA2 and cuDNN, FlexAttention); ours also as the portable kernel
+# alone (flash-portable), which on Hopper says what the Gluon path adds. name -> bench_attention arguments.
+KERNEL_PROVIDERS = ["--providers", "flash,flash-portable,flash1,sdpa-flash,sdpa-cudnn,flex,naive"]
 KERNELS = {"d64": ["--shapes", "64x12", "--seqlens", "512,1024,2048,4096,8192,16384"],
            "d128": ["--shapes", "128x16", "--seqlens", "512,1024,2048,4096,8192,16384"]}
 SWEEP_X = {"batch": "batch", "heads": "heads", "embd": "embd", "embd-16-heads": "embd", "head_dim": "head_dim",
@@ -419,24 +420,26 @@ def kernel_tables(out, run):
 
 
 def kernel_claims(rows, ours="flash"):
-    """The sequence-length tables' reading, computed: ours over each other provider in fwd+bwd
-    TFLOP/s (the span over N and causal, per head dim), and standard attention's memory against
-    ours; points whose repeats spread over 5% counted."""
+    """The sequence-length tables' reading, computed: ours over each other provider in fwd+bwd and
+    forward TFLOP/s (the span over N and causal, per head dim), and standard attention's memory
+    against ours; points whose repeats spread over 5% counted."""
     ok = {(r["provider"], r["head_dim"], r["causal"], r["seqlen"]): r for r in rows if "error" not in r}
     mine = {k[1:]: r for k, r in ok.items() if k[0] == ours}
     lines = []
     for prov in dict.fromkeys(k[0] for k in ok):
         if prov == ours:
             continue
-        spans, shaky = [], 0
+        spans, shaky = {"fwd+bwd": [], "fwd": []}, 0
         for d in sorted({k[0] for k in mine}):
             shared = [k for k in mine if k[0] == d and (prov, *k) in ok]
-            if shared:
-                spans.append(f"d={d} " + harness.span([mine[k]["tflops_fwd+bwd"] / ok[prov, *k]["tflops_fwd+bwd"] for k in shared]) + "x")
-                shaky += sum(bool(mine[k].get("unstable") or ok[prov, *k].get("unstable")) for k in shared)
-        if spans:
+            for mode, s in spans.items():
+                if shared:
+                    s.append(f"d={d} " + harness.span([mine[k][f"tflops_{mode}"] / ok[prov, *k][f"tflops_{mode}"] for k in shared]) + "x")
+            shaky += sum(bool(mine[k].get("unstable") or ok[prov, *k].get("unstable")) for k in shared)
+        if spans["fwd+bwd"]:
             ns = sorted({k[3] for k in ok if k[0] == prov})
-            lines.append(f"- {ours} over {prov}, fwd+bwd TFLOP/s: {', '.join(spans)} (N = {harness.span(ns, '{}')}, causal and not"
+            lines.append(f"- {ours} over {prov}, TFLOP/s fwd+bwd: {', '.join(spans['fwd+bwd'])}; forward: "
+                         f"{', '.join(spans['fwd'])} (N = {harness.span(ns, '{}')}, causal and not"
                          + (f"; {shaky} points with a repeat spread over 5%" if shaky else "") + ")")
     naive = [(k, r) for k, r in ok.items() if k[0] == "naive" and k[1:] in mine]
     if naive:

@@ -53,8 +53,8 @@ def test_report_parts_from_committed_tables(tmp_path):
     text, (title, where, claims) = seed_figures(tmp_path, [tmp_path / "d64", tmp_path / "missing"])
     assert "kernels/speedup_bars.png" in text and "GPU X, 2026-01-01" in text and "[d64](d64/attention.md)" in text
     assert where == "GPU X, 2026-01-01" and claims[0] in text  # the reading, computed from the rows
-    assert "- flash over sdpa-cudnn, fwd+bwd TFLOP/s: d=64 0.94x (N = 512-1024, causal and not)" in claims
-    assert "- flash over naive, fwd+bwd TFLOP/s: d=64 15.00x (N = 512-1024, causal and not)" in claims
+    assert "- flash over sdpa-cudnn, TFLOP/s fwd+bwd: d=64 0.94x; forward: d=64 0.94x (N = 512-1024, causal and not)" in claims
+    assert "- flash over naive, TFLOP/s fwd+bwd: d=64 15.00x; forward: d=64 15.00x (N = 512-1024, causal and not)" in claims
     assert "- memory beyond the inputs: naive 51200-102400 MB, flash 51200-102400 MB at the same points" in claims
 
     assert "figure3/figure3.png" in figures(tmp_path, "small", run=False)[0]
@@ -112,7 +112,7 @@ def test_kernel_tables_are_the_reports_own_when_measured(tmp_path, monkeypatch):
     out = tmp_path / "paper"
     assert reproduce.kernel_tables(out, run=True) == [tmp_path / "attention/d64", tmp_path / "attention/d128"]
     assert [(d.relative_to(out), run) for d, _, run in asked] == [(Path("kernels/d64"), True), (Path("kernels/d128"), True)]
-    assert all("flash,flash1,sdpa-flash,sdpa-cudnn,flex,naive" in args for _, args, _ in asked)
+    assert all("flash,flash-portable,flash1,sdpa-flash,sdpa-cudnn,flex,naive" in args for _, args, _ in asked)
     (out / "kernels/d64").mkdir(parents=True)
     (out / "kernels/d64/attention.json").write_text("{}")
     assert reproduce.kernel_tables(out, run=False) == [out / "kernels/d64", out / "kernels/d128"]
