@@ -601,7 +601,8 @@ OPTIONS = {
     "gluon": ("auto", "off", "plain", "overlap", "specialized", "pingpong"),  # the Gluon forward on Hopper
     # (attention/hopper.py): auto runs a variant only at the shapes hopper.AUTO names, where it was
     # measured faster; a Triton without Gluon keeps the portable forward
-    "gluon_backward": (False, True),     # the Gluon one-kernel backward on Hopper (attention/hopper.py)
+    "gluon_backward": (False, True, "tma"),  # the Gluon one-kernel backward on Hopper (attention/hopper.py),
+    # its dQ added by atomics (True) or by TMA reduce-adds ("tma", FA3's way)
 }
 ENVIRONMENT = {"autotune": "FLASH_AUTOTUNE", "tuning_cache": "FLASH_TUNING_CACHE", "tma": "FLASH_TMA",
                "wide": "FLASH_WIDE", "fast_launch": "FLASH_FAST_LAUNCH",
@@ -636,7 +637,7 @@ def configure(**given):
     for key, value in given.items():
         if key not in OPTIONS:
             raise ValueError(f"flash: no launch option {key!r}; the options are {', '.join(OPTIONS)}")
-        if value not in OPTIONS[key] or isinstance(value, bool) != isinstance(OPTIONS[key][0], bool):
+        if not any(value == a and type(value) is type(a) for a in OPTIONS[key]):  # 1 is not True here
             raise ValueError(f"flash: {key}={value!r} is not one of: {' | '.join(map(str, OPTIONS[key]))}")
     new = {**{k: v[0] for k, v in OPTIONS.items()}, **given, **_from_environment()}
     if INTERPRET:
@@ -893,7 +894,8 @@ def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, windo
             and dlse is None:
         from attention import hopper  # imports Gluon, which older Tritons lack: only when asked for
         if hopper.supported(q, k, v) is None and hopper.supported_backward(q, do, dk, dv) is None:
-            return hopper.backward(do, q, k, v, o, lse, causal, scale, dq, dk, dv)
+            return hopper.backward(do, q, k, v, o, lse, causal, scale, dq, dk, dv,
+                                   dq_by_tma=options["gluon_backward"] == "tma")
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
     dlse = None if dlse is None else dlse.contiguous()  # autograd may hand an expanded tensor

@@ -43,8 +43,10 @@ al. 2024, Section 3):
   runs while the other's matmuls do. In the other variants the two warpgroups of the 8 warps work
   as one on a 128-row tile. Compiled, not yet run on a GPU.
 - The backward in one kernel (`fa3_bwd_kernel`, launch option `gluon_backward`): dK and dV
-  in registers, dQ reduced with fp32 atomics, five matmuls a tile pair (FA3's Section 3.1 applied
-  to FA2's backward). Compiled, not yet run on a GPU; no warp specialization in it yet.
+  in registers, five matmuls a tile pair (FA3's Section 3.1 applied to FA2's backward), dQ
+  accumulated in fp32 by atomics from registers or (`gluon_backward=tma`) as FA3 does it: each
+  dQ_i staged in one of two shared-memory buffers and added by one TMA reduce-add, which runs
+  while the next tile computes. No warp specialization in it yet.
 
 Supported: bf16 / fp16, head dim 64 or 128, N_q = N_k a multiple of 128, causal or not,
 no dropout and no masks; `supported` says so for a given call. The layout is flash.py's, (B, N,
@@ -63,6 +65,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+from triton._C.libtriton import ir
+from triton.experimental.gluon.language._core import builtin
 from triton.runtime.jit import constexpr_function
 
 from attention import flash
@@ -74,6 +78,18 @@ tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 # A CTA-wide barrier (bar.sync): `thread_barrier` in Triton 3.6, `barrier` later.
 cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
+
+
+@builtin
+def _tma_add(desc, coord, src, _semantic=None):
+    """TMA's reduce-add (cp.reduce.async.bulk.tensor .add): a shared-memory tile added into global
+    memory by the copy engine, asynchronously. Later Tritons name it tma.async_atomic_add; Triton
+    3.6's Gluon builds the op (create_async_tma_reduce) but names no function for it."""
+    coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+    _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, desc.handle, coord, src.handle)
+
+
+tma_add = getattr(tma, "async_atomic_add", None) or _tma_add
 
 HEAD_DIMS = (64, 128)
 DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
@@ -447,16 +463,17 @@ def dq_layout(num_warps, d):
 
 
 @gluon.jit
-def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, LSE, Delta, N, H, qk_scale, scale,
+def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, dQ_desc, LSE, Delta, N, H, qk_scale, scale,
                    dS_layout: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr, HEADS_OUTER: gl.constexpr,
-                   num_warps: gl.constexpr):
+                   DQ_TMA: gl.constexpr, num_warps: gl.constexpr):
     """For key tile j and every query tile i that sees it, with P recomputed from the forward's
     LSE and Delta_i = rowsum(dO_i * O_i):
         S^T = K_j Q_i^T,  P^T = exp(s S^T - LSE_i),  dP^T = V_j dO_i^T,  dS^T = P^T * (dP^T - Delta_i)
         dV_j += P^T dO_i,  dK_j += s dS^T Q_i,  dQ_i += s dS K_j   (dS^T through shared memory)
     Computing S^T rather than S puts P^T and dS^T in registers in the layout wgmma takes as its
     A operand (FA3's choice), so dV and dK need no transpose; dQ reads dS^T transposed from
-    shared memory. dQ: fp32 (B, N, H, d), zeroed by the caller."""
+    shared memory. dQ: fp32 (B, N, H, d), zeroed by the caller; dQ_desc the same memory as a
+    (B N) x (H d) matrix of [B_r, d] tiles, for DQ_TMA (dQ_i added by TMA, not by atomics)."""
     B_r: gl.constexpr = Q_desc.block_type.shape[0]
     D: gl.constexpr = Q_desc.block_type.shape[1]
     B_c: gl.constexpr = K_desc.block_type.shape[0]
@@ -476,6 +493,8 @@ def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, LSE, D
     Q_smem = gl.allocate_shared_memory(dtype, [STAGES, B_r, D], Q_desc.layout)
     dO_smem = gl.allocate_shared_memory(dtype, [STAGES, B_r, D], dO_desc.layout)
     dS_smem = gl.allocate_shared_memory(dtype, [B_c, B_r], dS_layout)
+    if DQ_TMA:  # two dQ_i buffers: one is written while the other's reduce-add may still read it
+        dQ_smem = gl.allocate_shared_memory(gl.float32, [2, B_r, D], dQ_desc.layout)
     KV_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     Q_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(KV_bar, count=1)
@@ -531,9 +550,17 @@ def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, LSE, D
         dQ_i = warpgroup_mma(dS_smem.permute((1, 0)), K_smem, gl.zeros([B_r, D], gl.float32, layout=dQ_layout),
                              use_acc=False, is_async=True)
         dV, dK, dQ_i = warpgroup_mma_wait(num_outstanding=0, deps=(dV, dK, dQ_i))
-        offsets = gl.expand_dims((row0 + i * B_r + dQ_rows) * (H * D) + col, 1) + gl.expand_dims(dQ_cols, 0)
-        gl.atomic_add(dQ + offsets, dQ_i * scale, sem="relaxed")
-        cta_barrier()  # every warpgroup is done with dS^T and this step's Q_i, dO_i slot
+        if DQ_TMA:
+            dQ_buffer = dQ_smem.index(t % 2)  # free: the barrier ending the last step followed the wait below
+            dQ_buffer.store(dQ_i * scale)
+            fence_async_shared()
+            cta_barrier()  # all of dQ_i in shared memory before the copy engine reads it
+            tma_add(dQ_desc, [row0 + i * B_r, col], dQ_buffer)
+            tma.store_wait(pendings=1)  # the last step's reduce-add has read its buffer, the next one's
+        else:
+            offsets = gl.expand_dims((row0 + i * B_r + dQ_rows) * (H * D) + col, 1) + gl.expand_dims(dQ_cols, 0)
+            gl.atomic_add(dQ + offsets, dQ_i * scale, sem="relaxed")
+        cta_barrier()  # every warpgroup is done with dS^T and this step's Q_i, dO_i slot (and dQ_i's buffer)
 
     # dK_j (scaled) and dV_j out through TMA, staged in K_j's and V_j's buffers.
     K_smem.store((dK * scale).to(dtype))
@@ -609,9 +636,10 @@ def _capability(device):
 
 
 def _matrix(x, block_rows):
-    """x (B, N, H, d) as its (B N) x (H d) matrix, tiles of block_rows x d."""
+    """x (B, N, H, d) as its (B N) x (H d) matrix, tiles of block_rows x d (x: bf16, fp16, or the
+    backward's fp32 dQ)."""
     B, N, H, D = x.shape
-    layout = gl.NVMMASharedLayout.get_default_for([block_rows, D], DTYPES[x.dtype])
+    layout = gl.NVMMASharedLayout.get_default_for([block_rows, D], gl.float32 if x.dtype == torch.float32 else DTYPES[x.dtype])
     return TensorDescriptor(x, [B * N, H * D], [x.stride(1), 1], [block_rows, D], layout)
 
 
@@ -672,17 +700,18 @@ def preprocess(do, o):
     return delta, dq_acc
 
 
-def backward(do, q, k, v, o, lse, causal, scale, dq, dk, dv):
+def backward(do, q, k, v, o, lse, causal, scale, dq, dk, dv, dq_by_tma=False):
     """dQ, dK, dV of softmax(s Q K^T) V into dq, dk, dv (B, N, H, d) from the forward's o and
     lse (natural log, (B, H, N)), for a call that `supported` and `supported_backward` accept
-    (flash.py's dispatch asks both)."""
+    (flash.py's dispatch asks both). dq_by_tma: dQ's tiles added by TMA reduce-adds, not atomics."""
     B, N, H, D = q.shape
     t = BWD_TILES[D]
     delta, dq_acc = preprocess(do, o if o.stride(-1) == 1 else o.contiguous())
     dS_layout = gl.NVMMASharedLayout.get_default_for([t["B_c"], t["B_r"]], DTYPES[q.dtype])
+    heads_outer = flash.heads_outer(q.device, B * H, causal) if BWD_HEADS_OUTER is None else BWD_HEADS_OUTER
     fa3_bwd_kernel[(N // t["B_c"] * B * H, )](
         _matrix(q, t["B_r"]), _matrix(k, t["B_c"]), _matrix(v, t["B_c"]), _matrix(do, t["B_r"]),
-        _matrix(dk, t["B_c"]), _matrix(dv, t["B_c"]), dq_acc, lse, delta, N, H, scale * LOG2E, scale,
-        dS_layout=dS_layout, CAUSAL=causal, STAGES=t["STAGES"], HEADS_OUTER=flash.heads_outer(q.device, B * H, causal) if BWD_HEADS_OUTER is None else BWD_HEADS_OUTER,
-        num_warps=t["num_warps"])
+        _matrix(dk, t["B_c"]), _matrix(dv, t["B_c"]), dq_acc, _matrix(dq_acc, t["B_r"]), lse, delta, N, H,
+        scale * LOG2E, scale, dS_layout=dS_layout, CAUSAL=causal, STAGES=t["STAGES"], HEADS_OUTER=heads_outer,
+        DQ_TMA=dq_by_tma, num_warps=t["num_warps"])
     dq.copy_(dq_acc)

@@ -380,6 +380,10 @@ def test_launch_options_one_home(launch, monkeypatch):
     monkeypatch.delenv("FLASH_GLUON_BWD")
     with pytest.raises(ValueError, match=re.escape("gluon='fa3' is not one of: auto | off | plain | overlap | specialized | pingpong")):
         launch(gluon="fa3")
+    launch(gluon_backward="tma")
+    assert flash.options["gluon_backward"] == "tma"
+    with pytest.raises(ValueError, match=re.escape("gluon_backward=1 is not one of: False | True | tma")):
+        launch(gluon_backward=1)
     flash._COMPILED["entry"] = flash._tuned["entry"] = None
     launch()
     assert flash.options["tma"] == "auto" and not flash._COMPILED and not flash._tuned

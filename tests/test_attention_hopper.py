@@ -100,18 +100,20 @@ def test_auto_runs_a_variant_only_where_it_was_measured_faster(monkeypatch):
 def compile_for_sm90(variant, D, causal):
     """The kernel through Gluon, the NVIDIA backend and ptxas for sm90, no GPU needed: what a
     check reads of it. Run without TRITON_INTERPRET, which would hand Gluon interpreted helpers.
-    variant "backward": the one-kernel backward."""
+    variant "backward": the one-kernel backward ("backward-tma": dQ added by TMA)."""
     from triton.runtime.jit import mangle_type
     from triton.experimental.gluon import language as gl
     q = qkv(D=D)[0]
-    if variant == "backward":
+    if variant.startswith("backward"):
         tiles = hopper.BWD_TILES[D]
         rows = dict(Q_desc="B_r", K_desc="B_c", V_desc="B_c", dO_desc="B_r", dK_desc="B_c", dV_desc="B_c")
         descs = {name: hopper._matrix(q, tiles[r]) for name, r in rows.items()}
+        descs["dQ_desc"] = hopper._matrix(q.float(), tiles["B_r"])
         scalars = {"dQ": "*fp32", "LSE": "*fp32", "Delta": "*fp32", "N": "i32", "H": "i32", "qk_scale": "fp32",
                    "scale": "fp32"}
         constexprs = {"dS_layout": gl.NVMMASharedLayout.get_default_for([tiles["B_c"], tiles["B_r"]], gl.bfloat16),
-                      "CAUSAL": causal, "STAGES": tiles["STAGES"], "HEADS_OUTER": not causal, "num_warps": tiles["num_warps"]}
+                      "CAUSAL": causal, "STAGES": tiles["STAGES"], "HEADS_OUTER": not causal,
+                      "DQ_TMA": variant == "backward-tma", "num_warps": tiles["num_warps"]}
         kernel = hopper.fa3_bwd_kernel
     else:
         tiles = hopper.TILES[variant][D]
@@ -132,10 +134,11 @@ def _compiled(kernel, signature, constexprs, num_warps):
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
     ptx = compiled.asm["ptx"]
     return {"cubin": len(compiled.asm["cubin"]), "wgmma": "wgmma.mma_async" in ptx, "tma": "cp.async.bulk.tensor" in ptx,
-            "atomics": "red.global" in ptx or "atom.global" in ptx, "shared": compiled.metadata.shared}
+            "atomics": "red.global" in ptx or "atom.global" in ptx, "tma_add": "cp.reduce.async.bulk.tensor" in ptx,
+            "shared": compiled.metadata.shared}
 
 
-CASES = [(variant, D, causal) for variant in (*hopper.VARIANTS, "backward") for D in hopper.HEAD_DIMS
+CASES = [(variant, D, causal) for variant in (*hopper.VARIANTS, "backward", "backward-tma") for D in hopper.HEAD_DIMS
          for causal in (False, True)]
 
 
@@ -148,16 +151,18 @@ def compiled():
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_compiles_for_sm90(compiled, case):
     """TMA copies and wgmma in the PTX, a cubin from ptxas, within Hopper's shared memory; the
-    backward reduces dQ with atomics."""
+    backward reduces dQ with atomics, or with TMA's reduce-add (no atomics then)."""
     k = compiled[case]
     assert k["cubin"] and k["wgmma"] and k["tma"]
     assert k["shared"] <= 227 * 1024
     assert k["atomics"] == (case[0] == "backward")
+    assert k["tma_add"] == (case[0] == "backward-tma")
 
 
 # The Gluon paths, each as the launch options that select it and the function they route to.
 GLUON_PATHS = [({"gluon": variant}, "forward") for variant in hopper.VARIANTS] + \
-    [({"gluon_backward": True}, "backward"), ({"gluon": "plain", "gluon_backward": True}, "backward")]
+    [({"gluon_backward": True}, "backward"), ({"gluon": "plain", "gluon_backward": True}, "backward"),
+     ({"gluon_backward": "tma"}, "backward")]
 
 
 @pytest.fixture(params=GLUON_PATHS, ids=lambda p: "-".join(map(str, p[0].values())))
@@ -283,11 +288,13 @@ def test_flash_takes_the_gluon_backward_only_where_it_applies(monkeypatch):
         fn(q, k, v, causal=True).sum().backward()  # not Hopper: the portable backward
         monkeypatch.setattr(hopper, "supported", lambda *a, **kw: None)
         monkeypatch.setattr(hopper, "supported_backward", lambda *a, **kw: None)
-        monkeypatch.setattr(hopper, "backward", lambda *a: calls.append(a[6]))
+        monkeypatch.setattr(hopper, "backward", lambda *a, dq_by_tma: calls.append((a[6], dq_by_tma)))
         fn(q, k, v, causal=True).sum().backward()
-        assert calls == [True]  # the causal flag reached it
+        assert calls == [(True, False)]  # the causal flag reached it; dQ by atomics
         fn(q, k, v, causal=True, window=8).sum().backward()
         fn(q, k, v, causal=True, dropout_p=0.1).sum().backward()
         assert len(calls) == 1  # masks and dropout stay on the portable path
+        get_attention("flash", gluon_backward="tma")(q, k, v).sum().backward()
+        assert calls[1] == (False, True)  # dQ by TMA reduce-adds
     finally:
         flash.configure()
