@@ -429,17 +429,22 @@ def kernel_claims(rows, ours="flash"):
     for prov in dict.fromkeys(k[0] for k in ok):
         if prov == ours:
             continue
-        spans, shaky = {"fwd+bwd": [], "fwd": []}, 0
+        spans, shaky, both = {"fwd+bwd": [], "fwd": []}, 0, True
         for d in sorted({k[0] for k in mine}):
             shared = [k for k in mine if k[0] == d and (prov, *k) in ok]
+            if not shared:
+                continue
+            causal = {k[1] for k in shared}  # a table cut short may hold one of the two
+            both &= len(causal) == 2
+            label = "" if len(causal) == 2 else " (causal)" if True in causal else " (non-causal)"
             for mode, s in spans.items():
-                if shared:
-                    s.append(f"d={d} " + harness.span([mine[k][f"tflops_{mode}"] / ok[prov, *k][f"tflops_{mode}"] for k in shared]) + "x")
+                s.append(f"d={d}{label} " + harness.span([mine[k][f"tflops_{mode}"] / ok[prov, *k][f"tflops_{mode}"]
+                                                          for k in shared]) + "x")
             shaky += sum(bool(mine[k].get("unstable") or ok[prov, *k].get("unstable")) for k in shared)
         if spans["fwd+bwd"]:
             ns = sorted({k[3] for k in ok if k[0] == prov})
             lines.append(f"- {ours} over {prov}, TFLOP/s fwd+bwd: {', '.join(spans['fwd+bwd'])}; forward: "
-                         f"{', '.join(spans['fwd'])} (N = {harness.span(ns, '{}')}, causal and not"
+                         f"{', '.join(spans['fwd'])} (N = {harness.span(ns, '{}')}" + (", causal and not" if both else "")
                          + (f"; {shaky} points with a repeat spread over 5%" if shaky else "") + ")")
     naive = [(k, r) for k, r in ok.items() if k[0] == "naive" and k[1:] in mine]
     if naive:
@@ -475,6 +480,10 @@ def seed_figures(out, tables):
             (out / figure).unlink(missing_ok=True)
             lines.append(f"- {title}: not drawn, these tables have no {needs} rows (`--only kernels` measures them with it)")
     claims = kernel_claims(rows)
+    if "flash-portable" in present:
+        lines.append("flash-portable is flash.py's kernels alone; flash, the default, takes the Gluon forward on Hopper only "
+                     "at the shapes attention/hopper.py's AUTO names, and elsewhere runs the same kernels: its ratio there is "
+                     "the run's noise.")
     where = "; ".join(sorted({_where(json.loads((t / "attention.json").read_text())["meta"]) for t in tables
                               if (t / "attention.json").is_file()}))
     return "\n\n".join(lines) + "\n\n" + "\n".join(claims) + "\n\nFrom " + "; ".join(sources) + "\n", \
@@ -487,7 +496,7 @@ def _where(meta):
 
 def _other_reports(out, part, data):
     """The other GPU folders' report folders (results/<gpu>/paper) whose `part` holds `data`."""
-    return sorted(p.parents[1] for p in out.parent.parent.glob(f"*/{out.name}/{part}/{data}") if p.parents[2] != out.parent)
+    return sorted(p for p in out.parent.parent.glob(f"*/{out.name}") if p.parent != out.parent and (p / part / data).is_file())
 
 
 def _not_here(out, part, data):
@@ -623,11 +632,12 @@ def main(argv=None):
     report += ["## Figure 3: runtime and memory against sequence length", "", text, *elsewhere(a.out, "figure3", "attention.json")]
     summary.append(item or ("Figure 3", None, _not_here(a.out, "figure3", "attention.json")))
     tables = a.kernel_tables if a.kernel_tables is not None else kernel_tables(a.out, "kernels" in parts)
-    figure_map, drawn = seed_map(a.out, tables)
     text, item = seed_figures(a.out, tables)
-    summary.append(item or ("Kernels, the sequence-length tables", None, ["- not measured yet"]))
+    summary.append(item or ("Kernels, the sequence-length tables", None, _not_here(a.out, "kernels", "d64/attention.json")))
+    sweep_text = sweeps(a.out, "sweeps" in parts, only_sweeps)
+    figure_map, drawn = seed_map(a.out, tables)  # after the figures above are drawn (or removed)
     report += ["## Kernel benchmarks of the seed reports", "", text, "",
-               "### Sweeps: batch, heads, embedding dim, head dim; TFLOP/s heatmap", "", sweeps(a.out, "sweeps" in parts, only_sweeps),
+               "### Sweeps: batch, heads, embedding dim, head dim; TFLOP/s heatmap", "", sweep_text,
                "### The seed reports' figures and ours", "", figure_map]
     summary.append(("The seed reports' figures", None, [f"- {drawn}"]))
     budget = a.out / "budget" / "budget.md"  # benchmarks/budget.py's, from the scaling runs' rates

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import kernel_figures
-from benchmarks.reproduce import (SEED_FIGURES, SWEEPS, _sweep_args, figure3_claims, figures, seed_figures, seed_map,
-                                  sweeps)
+from benchmarks.reproduce import (SEED_FIGURES, SWEEPS, _sweep_args, figure3_claims, figures, kernel_claims, seed_figures,
+                                  seed_map, sweeps)
 
 pytest.importorskip("matplotlib")
 
@@ -56,6 +56,9 @@ def test_report_parts_from_committed_tables(tmp_path):
     assert "- flash over sdpa-cudnn, TFLOP/s fwd+bwd: d=64 0.94x; forward: d=64 0.94x (N = 512-1024, causal and not)" in claims
     assert "- flash over naive, TFLOP/s fwd+bwd: d=64 15.00x; forward: d=64 15.00x (N = 512-1024, causal and not)" in claims
     assert "- memory beyond the inputs: naive 51200-102400 MB, flash 51200-102400 MB at the same points" in claims
+    cut = [dict(r, head_dim=128) for r in rows(seqlen=[512]) if r["causal"]]  # a d=128 table cut after its causal half
+    assert "- flash over sdpa-cudnn, TFLOP/s fwd+bwd: d=64 0.94x, d=128 (causal) 0.94x; forward: d=64 0.94x, " \
+           "d=128 (causal) 0.94x (N = 512-1024)" in kernel_claims(rows(seqlen=[512, 1024]) + cut)
 
     assert "figure3/figure3.png" in figures(tmp_path, "small", run=False)[0]
     assert sweeps(tmp_path, run=False).count("not measured") == len(SWEEPS)
@@ -144,3 +147,17 @@ def test_figure3_reading_is_computed_from_its_rows():
         "- flash's fwd+bwd time / sdpa-cudnn's: 1.07 (N = 2048-4096; below 1: ours faster)",
         "- flash-butterfly: at density rho it takes rho + (0.050) of flash's fwd+bwd time (N = 4096)"]
     assert figure3_claims([r for r in data if r["provider"] != "flash"]) == []
+
+
+def test_the_first_report_maps_the_figures_it_draws(tmp_path):
+    """One --report-only over committed sequence-length tables draws the seed figures and its
+    map says so in the same call (the map is made after the figures, not before)."""
+    from benchmarks import reproduce
+    meta = dict(device="GPU X", date="2026-01-01", torch="2", triton="3", command="python -m benchmarks.bench_attention ...")
+    (tmp_path / "kernels" / "d64").mkdir(parents=True)
+    (tmp_path / "kernels" / "d64" / "attention.json").write_text(json.dumps({"meta": meta, "rows": rows(seqlen=[512, 1024])}))
+    reproduce.main([str(tmp_path), "--report-only"])
+    report = (tmp_path / "report.md").read_text()
+    for figure in ("kernels/speedup_bars.png", "kernels/fa1_vs_fa2.png", "kernels/fwd_vs_bwd.png"):
+        assert (tmp_path / figure).is_file()
+        assert next(line for line in report.splitlines() if line.startswith("| ") and f"| {figure} |" in line).endswith("| yes |")
