@@ -164,18 +164,22 @@ def repeated(time_once, repeats=3, extra=2):
     return statistics.median(times), max(times) / min(times) - 1, times
 
 
-def measure(fn, batch, heads, n, d, causal, dtype=torch.bfloat16, repeats=3, dropout_p=0.0, padding=False):
-    """({mode: median ms}, peak extra memory in bytes, {mode: spread of the repeats})."""
+def measure(fn, batch, heads, n, d, causal, dtype=torch.bfloat16, repeats=3, dropout_p=0.0, padding=False, modes=MODES):
+    """({mode: median ms}, peak extra memory in bytes, {mode: spread of the repeats}) for the
+    modes asked. The memory is one fwd+bwd's, or one forward's (what autograd keeps for the
+    backward included) when the forward alone is asked."""
     q, k, v = (torch.randn(batch, n, heads, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
     do = torch.randn(batch, n, heads, d, device="cuda", dtype=dtype)
     kw = dict(causal=causal, **({"dropout_p": dropout_p} if dropout_p else {}), **padding_kwargs(padding, batch, n, "cuda"))
     fwd = lambda: fn(q, k, v, **kw)  # noqa: E731
+    backward = modes != ("fwd",)
     o = fwd()
-    o.backward(do, retain_graph=True)
+    if backward:
+        o.backward(do, retain_graph=True)
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    fwd().backward(do)
+    (fwd().backward(do) if backward else fwd())
     torch.cuda.synchronize()
     mem = torch.cuda.max_memory_allocated() - base
     bench = {"fwd": lambda: triton.testing.do_bench(fwd, warmup=25, rep=100, return_mode="median"),
@@ -183,7 +187,7 @@ def measure(fn, batch, heads, n, d, causal, dtype=torch.bfloat16, repeats=3, dro
                                                     grad_to_none=[q, k, v], return_mode="median"),
              "fwd+bwd": lambda: triton.testing.do_bench(lambda: fwd().backward(do), warmup=25, rep=100,
                                                         grad_to_none=[q, k, v], return_mode="median")}
-    results = {m: repeated(t, repeats) for m, t in bench.items()}
+    results = {m: repeated(bench[m], repeats) for m in modes}
     return {m: r[0] for m, r in results.items()}, mem, {m: r[1] for m, r in results.items()}
 
 
@@ -231,6 +235,8 @@ def main():
     ap.add_argument("--flash1-max-n", type=int, default=4096, help="FA1's batch x heads parallelism is slow")
     ap.add_argument("--repeats", type=int, default=3, help="timings per point (each a do_bench median); "
                     "a point whose timings disagree by more than 5%% gets up to two more, then is marked")
+    ap.add_argument("--modes", default=",".join(MODES), help="what to time: fwd, bwd, fwd+bwd (the forward alone: "
+                    "--modes fwd, which also skips the backward's kernels and their tuning)")
     ap.add_argument("--dropout", type=float, default=0.0, help="attention dropout (the paper's Figure 3: 0.1)")
     ap.add_argument("--padding", action="store_true", help="a padding mask, real lengths in [N - 20, N) (non-causal)")
     ap.add_argument("--out", type=Path, default=None)
@@ -241,6 +247,9 @@ def main():
     if not torch.cuda.is_available():  # one line, not an error per point and an empty table
         ap.error("measures kernels on a CUDA GPU and none is visible")
 
+    modes = tuple(m for m in MODES if m in args.modes.split(","))
+    if not modes or len(modes) != len(args.modes.split(",")):
+        ap.error(f"--modes {args.modes}: a comma-separated choice of {', '.join(MODES)}")
     fns = providers(args.providers.split(","))
     if args.padding and "1" in args.causal.split(","):
         ap.error("--padding is the paper's (non-causal) padding mask: use it with --causal 0")
@@ -261,7 +270,7 @@ def main():
             t0 = time.time()
             try:
                 times, mem, spread = measure(fn, batch, heads, n, d, causal, repeats=args.repeats,
-                                             dropout_p=args.dropout, padding=args.padding)
+                                             dropout_p=args.dropout, padding=args.padding, modes=modes)
             except Exception as e:  # a provider that rejects a shape is reported, not fatal
                 print(f"{name} d={d} causal={causal} N={n}: {type(e).__name__}: {str(e)[:200]}", flush=True)
                 error = "OOM" if isinstance(e, torch.OutOfMemoryError) else f"{type(e).__name__}: {str(e)[:160]}"
@@ -271,19 +280,19 @@ def main():
                 torch.cuda.empty_cache()
                 continue
             row = dict(provider=name, head_dim=d, heads=heads, causal=causal, seqlen=n, batch=batch,
-                       peak_mem_mb=mem / 2**20, **{f"ms_{m}": times[m] for m in MODES},
-                       **{f"spread_{m}": spread[m] for m in MODES}, unstable=max(spread.values()) > SPREAD,
-                       **{f"tflops_{m}": flops(batch, heads, n, d, causal, m) / times[m] / 1e9 for m in MODES})
+                       peak_mem_mb=mem / 2**20, **{f"ms_{m}": times[m] for m in modes},
+                       **{f"spread_{m}": spread[m] for m in modes}, unstable=max(spread.values()) > SPREAD,
+                       **{f"tflops_{m}": flops(batch, heads, n, d, causal, m) / times[m] / 1e9 for m in modes})
             if name == "flash-butterfly":
                 row["density"] = butterfly_layout(n, causal, "cpu").density
             rows.append(row)
             save()
             print(f"{name:11s} d={d:3d} causal={int(causal)} N={n:5d} B={batch:2d} "
-                  + " ".join(f"{m}={row['tflops_' + m]:6.1f}" for m in MODES)
+                  + " ".join(f"{m}={row['tflops_' + m]:6.1f}" for m in modes)
                   + f" TFLOP/s  mem={row['peak_mem_mb']:8.1f}MB  ({time.time() - t0:.0f}s)", flush=True)
-    print(ratio_table(rows))
+    print(ratio_table(rows, modes[-1]))
     if args.out:
-        save(ratio_table(rows))
+        save(ratio_table(rows, modes[-1]))
         plot(rows, args.out / "attention.png")
 
 
@@ -297,7 +306,7 @@ def ratio_table(rows, mode="fwd+bwd", against=("sdpa-flash", "sdpa-cudnn", "flex
             continue
         def ratio(other, m=mode):
             o = index.get((other, d, causal, n))
-            return f"{r['tflops_' + m] / o['tflops_' + m]:.2f}x" if o else "-"
+            return f"{r['tflops_' + m] / o['tflops_' + m]:.2f}x" if o and f"tflops_{m}" in r else "-"  # a mode not timed: -
         mark = "*" if r.get("unstable") else ""
         lines.append(f"| {d} | {int(causal)} | {n} | {r['tflops_' + mode]:.0f}{mark} | " + " | ".join(ratio(a) for a in against)
                      + f" | {ratio('sdpa-flash', 'fwd')} | {ratio('sdpa-flash', 'bwd')} |")
@@ -309,9 +318,10 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     combos = sorted({(r["head_dim"], r["causal"]) for r in rows})
-    fig, axes = plt.subplots(len(MODES), len(combos), figsize=(4.5 * len(combos), 3.2 * len(MODES)), squeeze=False)
+    modes = [m for m in MODES if any(f"tflops_{m}" in r for r in rows)]
+    fig, axes = plt.subplots(len(modes), len(combos), figsize=(4.5 * len(combos), 3.2 * len(modes)), squeeze=False)
     for col, (d, causal) in enumerate(combos):
-        for row, mode in enumerate(MODES):
+        for row, mode in enumerate(modes):
             ax = axes[row][col]
             for prov in dict.fromkeys(r["provider"] for r in rows):
                 pts = sorted((r["seqlen"], r["tflops_" + mode]) for r in rows

@@ -223,7 +223,7 @@ SWEEPS = {
     "grid": (["--shapes", "64x12", "--causal", "1", "--seqlens", "512,1024,2048,4096,8192", "--batch", "1,2,4,8,16,32",
               "--providers", "flash"], ("heatmap",)),
     "forward": (["--shapes", "64x8", "--heads", "8,16,32", "--seqlens", "512,1024,2048", "--batch", "16,32,64",
-                 "--providers", "flash,flash1,naive"], ("forward_table",)),
+                 "--providers", "flash,flash1,naive", "--modes", "fwd"], ("forward_table",)),
 }
 # The FA1 lab report's sequence-length figures (time and TFLOP/s against N, speedup over PyTorch,
 # FA1 against FA2, forward against backward) at 16K tokens a batch, GPT-2's d=64 and d=128:

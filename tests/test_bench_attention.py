@@ -99,3 +99,32 @@ def test_gluon_providers_run_their_backward_under_their_options(monkeypatch):
     portable(q, k, v, causal=True)
     assert forward == ["off"] and flash.options["gluon"] == "auto"   # what it found, back for the others
     flash.configure()
+
+
+def test_the_forward_alone_times_only_the_forward(tmp_path, monkeypatch, capsys):
+    """--modes fwd (the FA2 lab reports' forward-pass grid): measure is asked for the forward
+    only, the rows and the table hold only it, and a mode that does not exist is refused."""
+    import json
+    import sys
+
+    import pytest
+    from benchmarks import bench_attention
+    asked = []
+
+    def measure(*a, modes, **kw):
+        asked.append(modes)
+        return {m: 1.0 for m in modes}, 0, {m: 0.0 for m in modes}
+    monkeypatch.setattr(bench_attention, "measure", measure)
+    monkeypatch.setattr(bench_attention.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench_attention.torch.cuda, "get_device_name", lambda *a: "a stand-in GPU")
+    args = ["bench_attention", "--providers", "naive", "--shapes", "16x2", "--causal", "0", "--seqlens", "128",
+            "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", [*args, "--modes", "fwd"])
+    bench_attention.main()
+    row, = json.loads((tmp_path / "attention.json").read_text())["rows"]
+    assert asked == [("fwd",)] and "tflops_fwd" in row and "ms_bwd" not in row and "tflops_fwd+bwd" not in row
+    assert (tmp_path / "attention.png").stat().st_size > 0
+    monkeypatch.setattr(sys, "argv", [*args, "--modes", "fwd,backward"])
+    with pytest.raises(SystemExit):
+        bench_attention.main()
+    assert "--modes fwd,backward: a comma-separated choice of fwd, bwd, fwd+bwd" in capsys.readouterr().err
