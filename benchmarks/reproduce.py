@@ -386,7 +386,8 @@ def seed_map(out, tables=()):
         return {r["provider"] for r in json.loads(data.read_text())["rows"] if "error" not in r} if data.is_file() else set()
     def state(ours):
         for f in (x.strip() for x in ours.split(",")):
-            if f in FROM_TABLES and not any(FROM_TABLES[f][1] in providers_in(t) for t in tables):
+            if f in FROM_TABLES and any((t / "attention.json").is_file() for t in tables) \
+                    and not any(FROM_TABLES[f][1] in providers_in(t) for t in tables):
                 return f"without {FROM_TABLES[f][1]} (its tables lack it: `--only kernels`)"
             if not (out / f).is_file():
                 return "not yet"
@@ -414,9 +415,10 @@ def kernel_tables(out, run):
     own = [out / "kernels" / name for name in KERNELS]
     for name, args in KERNELS.items():
         bench(out / "kernels" / name, [*KERNEL_PROVIDERS, *args], run)
-    if any((t / "attention.json").is_file() for t in own):
+    older = [out.parent / "attention" / name for name in KERNELS]
+    if any((t / "attention.json").is_file() for t in own) or not any((t / "attention.json").is_file() for t in older):
         return own
-    return [out.parent / "attention" / name for name in KERNELS]
+    return older
 
 
 def kernel_claims(rows, ours="flash"):

@@ -108,17 +108,22 @@ def test_forward_table_marks_oom():
 
 def test_kernel_tables_are_the_reports_own_when_measured(tmp_path, monkeypatch):
     """--only kernels measures OUT/kernels/d64 and d128 (flash1 and naive among the providers);
-    without them the report falls back to the GPU folder's attention/d64 and d128."""
+    without them the report falls back to the GPU folder's attention/d64 and d128 where those
+    exist; with neither it names its own (not measured yet)."""
     from benchmarks import reproduce
     asked = []
     monkeypatch.setattr(reproduce, "bench", lambda out_dir, args, run: asked.append((out_dir, args, run)))
     out = tmp_path / "paper"
+    own = [out / "kernels/d64", out / "kernels/d128"]
+    assert reproduce.kernel_tables(out, run=True) == own
+    (tmp_path / "attention/d64").mkdir(parents=True)
+    (tmp_path / "attention/d64/attention.json").write_text("{}")
     assert reproduce.kernel_tables(out, run=True) == [tmp_path / "attention/d64", tmp_path / "attention/d128"]
-    assert [(d.relative_to(out), run) for d, _, run in asked] == [(Path("kernels/d64"), True), (Path("kernels/d128"), True)]
+    assert [(d.relative_to(out), run) for d, _, run in asked] == [(Path("kernels/d64"), True), (Path("kernels/d128"), True)] * 2
     assert all("flash,flash-portable,flash1,sdpa-flash,sdpa-cudnn,flex,naive" in args for _, args, _ in asked)
     (out / "kernels/d64").mkdir(parents=True)
     (out / "kernels/d64/attention.json").write_text("{}")
-    assert reproduce.kernel_tables(out, run=False) == [out / "kernels/d64", out / "kernels/d128"]
+    assert reproduce.kernel_tables(out, run=False) == own
 
 
 def test_sweeps_measures_only_the_named_ones(tmp_path, monkeypatch):
