@@ -601,8 +601,9 @@ OPTIONS = {
     "gluon": ("auto", "off", "plain", "overlap", "specialized", "pingpong"),  # the Gluon forward on Hopper
     # (attention/hopper.py): auto runs a variant only at the shapes hopper.AUTO names, where it was
     # measured faster; a Triton without Gluon keeps the portable forward
-    "gluon_backward": (False, True, "tma"),  # the Gluon one-kernel backward on Hopper (attention/hopper.py),
-    # its dQ added by atomics (True) or by TMA reduce-adds ("tma", FA3's way)
+    "gluon_backward": (False, True, "atomics", "tma"),  # the Gluon one-kernel backward on Hopper
+    # (attention/hopper.py), its dQ added the way measured faster for the shape (True: hopper.DQ_BY_TMA),
+    # or always by atomics, or always by TMA reduce-adds (FA3's way)
 }
 ENVIRONMENT = {"autotune": "FLASH_AUTOTUNE", "tuning_cache": "FLASH_TUNING_CACHE", "tma": "FLASH_TMA",
                "wide": "FLASH_WIDE", "fast_launch": "FLASH_FAST_LAUNCH",
@@ -895,7 +896,7 @@ def _flash2_bwd(do, q, k, v, o, lse, dlse, seed, causal, dropout_p, scale, windo
         from attention import hopper  # imports Gluon, which older Tritons lack: only when asked for
         if hopper.supported(q, k, v) is None and hopper.supported_backward(q, do, dk, dv) is None:
             return hopper.backward(do, q, k, v, o, lse, causal, scale, dq, dk, dv,
-                                   dq_by_tma=options["gluon_backward"] == "tma")
+                                   dq_add="auto" if options["gluon_backward"] is True else options["gluon_backward"])
     B, N_q, H, D = q.shape
     N_k = k.shape[1]
     dlse = None if dlse is None else dlse.contiguous()  # autograd may hand an expanded tensor

@@ -44,9 +44,9 @@ al. 2024, Section 3):
   as one on a 128-row tile. Compiled, not yet run on a GPU.
 - The backward in one kernel (`fa3_bwd_kernel`, launch option `gluon_backward`): dK and dV
   in registers, five matmuls a tile pair (FA3's Section 3.1 applied to FA2's backward), dQ
-  accumulated in fp32 by atomics from registers or (`gluon_backward=tma`) as FA3 does it: each
-  dQ_i staged in one of two shared-memory buffers and added by one TMA reduce-add, which runs
-  while the next tile computes. No warp specialization in it yet.
+  accumulated in fp32 by atomics from registers or as FA3 does it, each dQ_i staged in one of two
+  shared-memory buffers and added by one TMA reduce-add, which runs while the next tile computes;
+  DQ_BY_TMA says where the second was measured faster (`gluon_backward=atomics|tma` forces one). No warp specialization in it yet.
 
 Supported: bf16 / fp16, head dim 64 or 128, N_q = N_k a multiple of 128, causal or not,
 no dropout and no masks; `supported` says so for a given call. The layout is flash.py's, (B, N,
@@ -453,6 +453,10 @@ BWD_TILES = {64: dict(B_r=64, B_c=128, STAGES=2, num_warps=8), 128: dict(B_r=64,
 # innermost. An open question (h100/attention/gluon-grid): the masked backward measured slower
 # after it left heads-outermost for the rule; set here to time both in one process.
 BWD_HEADS_OUTER = None
+# (head dim, causal) where adding dQ by TMA reduce-adds measured faster than atomics, side by side
+# on an H100 (benchmarks/results/h100/attention/gluon-dq-tma): 1.10x at d=128 non-causal; at d=64
+# within noise, at d=128 causal 0.94x (N=4096). Elsewhere the backward adds dQ by atomics.
+DQ_BY_TMA = {(128, False)}
 
 
 @constexpr_function
@@ -700,10 +704,17 @@ def preprocess(do, o):
     return delta, dq_acc
 
 
-def backward(do, q, k, v, o, lse, causal, scale, dq, dk, dv, dq_by_tma=False):
+def dq_by_tma(dq_add, head_dim, causal):
+    """Whether the backward adds dQ by TMA reduce-adds: dq_add "tma", or "auto" at a (head dim,
+    causal) that DQ_BY_TMA names; by atomics otherwise."""
+    return dq_add == "tma" or (dq_add == "auto" and (head_dim, causal) in DQ_BY_TMA)
+
+
+def backward(do, q, k, v, o, lse, causal, scale, dq, dk, dv, dq_add="auto"):
     """dQ, dK, dV of softmax(s Q K^T) V into dq, dk, dv (B, N, H, d) from the forward's o and
     lse (natural log, (B, H, N)), for a call that `supported` and `supported_backward` accept
-    (flash.py's dispatch asks both). dq_by_tma: dQ's tiles added by TMA reduce-adds, not atomics."""
+    (flash.py's dispatch asks both). dq_add: how dQ's tiles are added, "atomics", "tma" (TMA
+    reduce-adds) or "auto" (tma where DQ_BY_TMA names the shape)."""
     B, N, H, D = q.shape
     t = BWD_TILES[D]
     delta, dq_acc = preprocess(do, o if o.stride(-1) == 1 else o.contiguous())
@@ -713,5 +724,5 @@ def backward(do, q, k, v, o, lse, causal, scale, dq, dk, dv, dq_by_tma=False):
         _matrix(q, t["B_r"]), _matrix(k, t["B_c"]), _matrix(v, t["B_c"]), _matrix(do, t["B_r"]),
         _matrix(dk, t["B_c"]), _matrix(dv, t["B_c"]), dq_acc, _matrix(dq_acc, t["B_r"]), lse, delta, N, H,
         scale * LOG2E, scale, dS_layout=dS_layout, CAUSAL=causal, STAGES=t["STAGES"], HEADS_OUTER=heads_outer,
-        DQ_TMA=dq_by_tma, num_warps=t["num_warps"])
+        DQ_TMA=dq_by_tma(dq_add, D, causal), num_warps=t["num_warps"])
     dq.copy_(dq_acc)

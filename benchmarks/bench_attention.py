@@ -17,7 +17,8 @@ boolean mask; providers that take no mask or no dropout report an error and are 
 runs without it. FLOPs count the dense N x N in every case. `flash-gluon` (`-overlap`, `-specialized`, `-pingpong`):
 flash with the Hopper forward written in Gluon (attention/hopper.py's variants, experimental)
 where it applies, flash.py's otherwise; `flash-gluon-bwd` its one-kernel backward with flash.py's
-forward (`-tma`: dQ added by TMA reduce-adds, not atomics), `flash-gluon-all` both (the plain forward). `flash` runs the launch options in
+forward (dQ added as hopper.DQ_BY_TMA says; `-atomics`, `-tma`: always by atomics, by TMA
+reduce-adds), `flash-gluon-all` both (the plain forward). `flash` runs the launch options in
 force (the defaults, or FLASH_*); `flash-portable` is flash.py's kernels alone, `flash-gluon-auto`
 the Gluon forward where `gluon=auto` picks it.
 
@@ -134,6 +135,7 @@ def providers(names):
         "flash-gluon-specialized": lambda: flash_gluon_fn("specialized"),
         "flash-gluon-pingpong": lambda: flash_gluon_fn("pingpong"),
         "flash-gluon-bwd": lambda: flash_gluon_fn(backward=True),
+        "flash-gluon-bwd-atomics": lambda: flash_gluon_fn(backward="atomics"),
         "flash-gluon-bwd-tma": lambda: flash_gluon_fn(backward="tma"),
         "flash-gluon-all": lambda: flash_gluon_fn("plain", backward=True),
         "sdpa-efficient": lambda: get_attention("sdpa", kernel="efficient"),

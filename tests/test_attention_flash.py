@@ -382,7 +382,7 @@ def test_launch_options_one_home(launch, monkeypatch):
         launch(gluon="fa3")
     launch(gluon_backward="tma")
     assert flash.options["gluon_backward"] == "tma"
-    with pytest.raises(ValueError, match=re.escape("gluon_backward=1 is not one of: False | True | tma")):
+    with pytest.raises(ValueError, match=re.escape("gluon_backward=1 is not one of: False | True | atomics | tma")):
         launch(gluon_backward=1)
     flash._COMPILED["entry"] = flash._tuned["entry"] = None
     launch()

@@ -162,7 +162,7 @@ def test_compiles_for_sm90(compiled, case):
 # The Gluon paths, each as the launch options that select it and the function they route to.
 GLUON_PATHS = [({"gluon": variant}, "forward") for variant in hopper.VARIANTS] + \
     [({"gluon_backward": True}, "backward"), ({"gluon": "plain", "gluon_backward": True}, "backward"),
-     ({"gluon_backward": "tma"}, "backward")]
+     ({"gluon_backward": "atomics"}, "backward"), ({"gluon_backward": "tma"}, "backward")]
 
 
 @pytest.fixture(params=GLUON_PATHS, ids=lambda p: "-".join(map(str, p[0].values())))
@@ -275,6 +275,14 @@ def test_which_backward_calls_it_takes():
     assert "layout" in hopper.supported_backward(q, q.transpose(1, 2).contiguous().transpose(1, 2), k, v)
 
 
+def test_the_backward_adds_dq_the_way_measured_faster():
+    """gluon_backward=true: TMA reduce-adds at d=128 without the mask (measured 1.10x atomics),
+    atomics elsewhere; atomics / tma force one way."""
+    assert hopper.dq_by_tma("auto", 128, False)
+    assert not hopper.dq_by_tma("auto", 128, True) and not hopper.dq_by_tma("auto", 64, False)
+    assert hopper.dq_by_tma("tma", 64, True) and not hopper.dq_by_tma("atomics", 128, False)
+
+
 @pytest.mark.skipif(not (GPU or INTERPRET), reason="needs a CUDA GPU or TRITON_INTERPRET=1")
 def test_flash_takes_the_gluon_backward_only_where_it_applies(monkeypatch):
     """attention.options.gluon_backward routes flash's backward to hopper.backward when both
@@ -288,13 +296,14 @@ def test_flash_takes_the_gluon_backward_only_where_it_applies(monkeypatch):
         fn(q, k, v, causal=True).sum().backward()  # not Hopper: the portable backward
         monkeypatch.setattr(hopper, "supported", lambda *a, **kw: None)
         monkeypatch.setattr(hopper, "supported_backward", lambda *a, **kw: None)
-        monkeypatch.setattr(hopper, "backward", lambda *a, dq_by_tma: calls.append((a[6], dq_by_tma)))
+        monkeypatch.setattr(hopper, "backward", lambda *a, dq_add: calls.append((a[6], dq_add)))
         fn(q, k, v, causal=True).sum().backward()
-        assert calls == [(True, False)]  # the causal flag reached it; dQ by atomics
+        assert calls == [(True, "auto")]  # the causal flag reached it; dQ added as measured faster
         fn(q, k, v, causal=True, window=8).sum().backward()
         fn(q, k, v, causal=True, dropout_p=0.1).sum().backward()
         assert len(calls) == 1  # masks and dropout stay on the portable path
         get_attention("flash", gluon_backward="tma")(q, k, v).sum().backward()
-        assert calls[1] == (False, True)  # dQ by TMA reduce-adds
+        get_attention("flash", gluon_backward="atomics")(q, k, v).sum().backward()
+        assert calls[1:] == [(False, "tma"), (False, "atomics")]  # forced either way
     finally:
         flash.configure()
