@@ -41,12 +41,13 @@ al. 2024, Section 3):
   schedule, and the producer warp; a warpgroup issues a step's wgmmas only after the other has
   issued its own (`_turn` / `_pass`, mbarriers handed back and forth), so one warpgroup's softmax
   runs while the other's matmuls do. In the other variants the two warpgroups of the 8 warps work
-  as one on a 128-row tile. Compiled, not yet run on a GPU.
+  as one on a 128-row tile.
 - The backward in one kernel (`fa3_bwd_kernel`, launch option `gluon_backward`): dK and dV
   in registers, five matmuls a tile pair (FA3's Section 3.1 applied to FA2's backward), dQ
   accumulated in fp32 by atomics from registers or as FA3 does it, each dQ_i staged in one of two
   shared-memory buffers and added by one TMA reduce-add, which runs while the next tile computes;
-  DQ_BY_TMA says where the second was measured faster (`gluon_backward=atomics|tma` forces one). No warp specialization in it yet.
+  DQ_BY_TMA says where the second was measured faster (`gluon_backward=atomics|tma` forces one).
+  No warp specialization in it yet.
 
 Supported: bf16 / fp16, head dim 64 or 128, N_q = N_k a multiple of 128, causal or not,
 no dropout and no masks; `supported` says so for a given call. The layout is flash.py's, (B, N,
