@@ -181,7 +181,10 @@ def measure(fn, batch, heads, n, d, causal, dtype=torch.bfloat16, repeats=3, dro
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    (fwd().backward(do) if backward else fwd())
+    if backward:
+        fwd().backward(do)
+    else:
+        fwd()
     torch.cuda.synchronize()
     mem = torch.cuda.max_memory_allocated() - base
     bench = {"fwd": lambda: triton.testing.do_bench(fwd, warmup=25, rep=100, return_mode="median"),

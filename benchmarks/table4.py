@@ -195,8 +195,7 @@ def ordering(summ, protocol):
     ctx = sorted(ranges)
     steps = list(zip(ctx, ctx[1:]))
     runs = lambda n: f"{n} run" + ("s" if n > 1 else "")
-    ratio_span = lambda lo, hi: f"{lo:.3f}x" if lo == hi else f"{lo:.3f}-{hi:.3f}x"
-    parts = [f"{c}: {ratio_span(*ranges[c][:2])} ({runs(ranges[c][2])})" for c in ctx[:0:-1]]
+    parts = [f"{c}: {span(ranges[c][:2], '{:.3f}')}x ({runs(ranges[c][2])})" for c in ctx[:0:-1]]
     chain = lambda sign, order: f" {sign} ".join(f"ppl({c // 1024}K)" for c in order)
     if all(ranges[hi][1] < ranges[lo][0] for lo, hi in steps):
         verdict = f"every run of a longer context is below every run of a shorter one: {chain('<', ctx[::-1])}, the paper's order"
