@@ -436,7 +436,7 @@ def main():
     p.add_argument("--settle", type=float, default=5.0, help="seconds of load before the first window")
     p.add_argument("--seconds", type=float, default=6.0, help="length of one timed window")
     p.add_argument("--rounds", type=int, default=3, help="timed windows per variant, interleaved")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=Path("runs/train_speed"), help="where the table goes (default: %(default)s)")
     p.add_argument("--redraw", action="store_true", help="only redraw the Markdown and PNG from OUT's JSON")
     args = p.parse_args()
     if args.redraw:

@@ -84,3 +84,7 @@ def test_without_a_gpu_one_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "benchmarks.train_speed", "--out", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 2 and "measures training on a CUDA GPU" in r.stderr and "Traceback" not in r.stderr
+    # issue 25's command as written (no --out: runs/train_speed) reaches the same message
+    r = subprocess.run([sys.executable, "benchmarks/train_speed.py", "--variants", "flash,nanogpt"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "measures training on a CUDA GPU" in r.stderr and "Traceback" not in r.stderr
