@@ -458,6 +458,10 @@ BWD_HEADS_OUTER = None
 # on an H100 (benchmarks/results/h100/attention/gluon-dq-tma): 1.10x at d=128 non-causal; at d=64
 # within noise, at d=128 causal 0.94x (N=4096). Elsewhere the backward adds dQ by atomics.
 DQ_BY_TMA = {(128, False)}
+# Whether a step overlaps its elementwise work with its matmuls, as FA3's backward does: P^T's
+# exponentials computed while dP^T's wgmma runs, dS^T while dV's runs (rather than waiting for
+# S^T and dP^T together, and issuing dV with dK and dQ). A switch, to time both in one process.
+BWD_OVERLAP = True
 
 
 @constexpr_function
@@ -470,7 +474,7 @@ def dq_layout(num_warps, d):
 @gluon.jit
 def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, dQ_desc, LSE, Delta, N, H, qk_scale, scale,
                    dS_layout: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr, HEADS_OUTER: gl.constexpr,
-                   DQ_TMA: gl.constexpr, num_warps: gl.constexpr):
+                   DQ_TMA: gl.constexpr, OVERLAP: gl.constexpr, num_warps: gl.constexpr):
     """For key tile j and every query tile i that sees it, with P recomputed from the forward's
     LSE and Delta_i = rowsum(dO_i * O_i):
         S^T = K_j Q_i^T,  P^T = exp(s S^T - LSE_i),  dP^T = V_j dO_i^T,  dS^T = P^T * (dP^T - Delta_i)
@@ -478,7 +482,8 @@ def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, dQ_des
     Computing S^T rather than S puts P^T and dS^T in registers in the layout wgmma takes as its
     A operand (FA3's choice), so dV and dK need no transpose; dQ reads dS^T transposed from
     shared memory. dQ: fp32 (B, N, H, d), zeroed by the caller; dQ_desc the same memory as a
-    (B N) x (H d) matrix of [B_r, d] tiles, for DQ_TMA (dQ_i added by TMA, not by atomics)."""
+    (B N) x (H d) matrix of [B_r, d] tiles, for DQ_TMA (dQ_i added by TMA, not by atomics).
+    OVERLAP: BWD_OVERLAP's order of a step's wgmmas and elementwise work."""
     B_r: gl.constexpr = Q_desc.block_type.shape[0]
     D: gl.constexpr = Q_desc.block_type.shape[1]
     B_c: gl.constexpr = K_desc.block_type.shape[0]
@@ -541,16 +546,23 @@ def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, dQ_des
         queries = i * B_r + gl.arange(0, B_r, layout=gl.SliceLayout(0, ST_layout))
         lse = gl.load(LSE + bh * N + queries) * 1.4426950408889634  # natural log -> base 2
         delta = gl.load(Delta + bh * N + queries)
-        ST, dPT = warpgroup_mma_wait(num_outstanding=0, deps=(ST, dPT))
+        if OVERLAP:  # FA3's intra-warpgroup overlap: P^T's exponentials while dP^T's wgmma runs
+            ST = warpgroup_mma_wait(num_outstanding=1, deps=(ST, ))  # in issue order: S^T is done
+        else:
+            ST, dPT = warpgroup_mma_wait(num_outstanding=0, deps=(ST, dPT))
         PT = gl.exp2(ST * qk_scale - gl.expand_dims(lse, 0))
         if CAUSAL:
             if i * B_r < (j + 1) * B_c:  # a tile on the diagonal: no query sees a later key
                 PT = gl.where(gl.expand_dims(queries, 0) >= gl.expand_dims(keys, 1), PT, 0.0)
+        if OVERLAP:  # and dV's wgmma while dS^T is computed and stored
+            dV = warpgroup_mma(gl.convert_layout(PT.to(dtype), A_layout), dO_smem.index(s), dV, is_async=True)
+            dPT = warpgroup_mma_wait(num_outstanding=1, deps=(dPT, ))
         dST = PT * (dPT - gl.expand_dims(delta, 0))
         dS_smem.store(dST.to(dtype))
         fence_async_shared()
         cta_barrier()  # every warp's part of dS^T is in shared memory before a warpgroup reads all of it
-        dV = warpgroup_mma(gl.convert_layout(PT.to(dtype), A_layout), dO_smem.index(s), dV, is_async=True)
+        if not OVERLAP:
+            dV = warpgroup_mma(gl.convert_layout(PT.to(dtype), A_layout), dO_smem.index(s), dV, is_async=True)
         dK = warpgroup_mma(gl.convert_layout(dST.to(dtype), A_layout), Q_smem.index(s), dK, is_async=True)
         dQ_i = warpgroup_mma(dS_smem.permute((1, 0)), K_smem, gl.zeros([B_r, D], gl.float32, layout=dQ_layout),
                              use_acc=False, is_async=True)
@@ -725,5 +737,5 @@ def backward(do, q, k, v, o, lse, causal, scale, dq, dk, dv, dq_add="auto"):
         _matrix(q, t["B_r"]), _matrix(k, t["B_c"]), _matrix(v, t["B_c"]), _matrix(do, t["B_r"]),
         _matrix(dk, t["B_c"]), _matrix(dv, t["B_c"]), dq_acc, _matrix(dq_acc, t["B_r"]), lse, delta, N, H,
         scale * LOG2E, scale, dS_layout=dS_layout, CAUSAL=causal, STAGES=t["STAGES"], HEADS_OUTER=heads_outer,
-        DQ_TMA=dq_by_tma(dq_add, D, causal), num_warps=t["num_warps"])
+        DQ_TMA=dq_by_tma(dq_add, D, causal), OVERLAP=BWD_OVERLAP, num_warps=t["num_warps"])
     dq.copy_(dq_acc)

@@ -100,7 +100,8 @@ def test_auto_runs_a_variant_only_where_it_was_measured_faster(monkeypatch):
 def compile_for_sm90(variant, D, causal):
     """The kernel through Gluon, the NVIDIA backend and ptxas for sm90, no GPU needed: what a
     check reads of it. Run without TRITON_INTERPRET, which would hand Gluon interpreted helpers.
-    variant "backward": the one-kernel backward ("backward-tma": dQ added by TMA)."""
+    variant "backward": the one-kernel backward ("backward-tma": dQ added by TMA; "backward-serial":
+    without BWD_OVERLAP's overlap of a step's elementwise work with its matmuls)."""
     from triton.runtime.jit import mangle_type
     from triton.experimental.gluon import language as gl
     q = qkv(D=D)[0]
@@ -113,7 +114,8 @@ def compile_for_sm90(variant, D, causal):
                    "scale": "fp32"}
         constexprs = {"dS_layout": gl.NVMMASharedLayout.get_default_for([tiles["B_c"], tiles["B_r"]], gl.bfloat16),
                       "CAUSAL": causal, "STAGES": tiles["STAGES"], "HEADS_OUTER": not causal,
-                      "DQ_TMA": variant == "backward-tma", "num_warps": tiles["num_warps"]}
+                      "DQ_TMA": variant == "backward-tma", "OVERLAP": variant != "backward-serial",
+                      "num_warps": tiles["num_warps"]}
         kernel = hopper.fa3_bwd_kernel
     else:
         tiles = hopper.TILES[variant][D]
@@ -138,7 +140,7 @@ def _compiled(kernel, signature, constexprs, num_warps):
             "shared": compiled.metadata.shared}
 
 
-CASES = [(variant, D, causal) for variant in (*hopper.VARIANTS, "backward", "backward-tma") for D in hopper.HEAD_DIMS
+CASES = [(variant, D, causal) for variant in (*hopper.VARIANTS, "backward", "backward-tma", "backward-serial") for D in hopper.HEAD_DIMS
          for causal in (False, True)]
 
 
@@ -155,7 +157,7 @@ def test_compiles_for_sm90(compiled, case):
     k = compiled[case]
     assert k["cubin"] and k["wgmma"] and k["tma"]
     assert k["shared"] <= 227 * 1024
-    assert k["atomics"] == (case[0] == "backward")
+    assert k["atomics"] == (case[0] != "backward-tma")
     assert k["tma_add"] == (case[0] == "backward-tma")
 
 
