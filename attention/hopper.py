@@ -459,8 +459,9 @@ BWD_HEADS_OUTER = None
 # within noise, at d=128 causal 0.94x (N=4096). Elsewhere the backward adds dQ by atomics.
 DQ_BY_TMA = {(128, False)}
 # Whether a step overlaps its elementwise work with its matmuls, as FA3's backward does: P^T's
-# exponentials computed while dP^T's wgmma runs, dS^T while dV's runs (rather than waiting for
-# S^T and dP^T together, and issuing dV with dK and dQ). A switch, to time both in one process.
+# exponentials computed while dP^T's wgmma runs, dS^T while dV's runs, dQ_i's adds while dK's
+# runs (rather than waiting for S^T and dP^T together, then for dV, dK and dQ_i together).
+# A switch, to time both in one process.
 BWD_OVERLAP = True
 
 
@@ -561,12 +562,18 @@ def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, dQ_des
         dS_smem.store(dST.to(dtype))
         fence_async_shared()
         cta_barrier()  # every warp's part of dS^T is in shared memory before a warpgroup reads all of it
-        if not OVERLAP:
+        dQ_zero = gl.zeros([B_r, D], gl.float32, layout=dQ_layout)
+        if OVERLAP:  # dQ_i's wgmma before dK's, so that dQ_i's adds run under dK's wgmma; and P^T's
+            # registers freed (dV waited for) before dK's operand and dQ_i take theirs
+            dQ_i = warpgroup_mma(dS_smem.permute((1, 0)), K_smem, dQ_zero, use_acc=False, is_async=True)
+            dV = warpgroup_mma_wait(num_outstanding=1, deps=(dV, ))
+            dK = warpgroup_mma(gl.convert_layout(dST.to(dtype), A_layout), Q_smem.index(s), dK, is_async=True)
+            dQ_i = warpgroup_mma_wait(num_outstanding=1, deps=(dQ_i, ))
+        else:
             dV = warpgroup_mma(gl.convert_layout(PT.to(dtype), A_layout), dO_smem.index(s), dV, is_async=True)
-        dK = warpgroup_mma(gl.convert_layout(dST.to(dtype), A_layout), Q_smem.index(s), dK, is_async=True)
-        dQ_i = warpgroup_mma(dS_smem.permute((1, 0)), K_smem, gl.zeros([B_r, D], gl.float32, layout=dQ_layout),
-                             use_acc=False, is_async=True)
-        dV, dK, dQ_i = warpgroup_mma_wait(num_outstanding=0, deps=(dV, dK, dQ_i))
+            dK = warpgroup_mma(gl.convert_layout(dST.to(dtype), A_layout), Q_smem.index(s), dK, is_async=True)
+            dQ_i = warpgroup_mma(dS_smem.permute((1, 0)), K_smem, dQ_zero, use_acc=False, is_async=True)
+            dV, dK, dQ_i = warpgroup_mma_wait(num_outstanding=0, deps=(dV, dK, dQ_i))
         if DQ_TMA:
             dQ_buffer = dQ_smem.index(t % 2)  # free: the barrier ending the last step followed the wait below
             dQ_buffer.store(dQ_i * scale)
@@ -577,6 +584,8 @@ def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, dQ_des
         else:
             offsets = gl.expand_dims((row0 + i * B_r + dQ_rows) * (H * D) + col, 1) + gl.expand_dims(dQ_cols, 0)
             gl.atomic_add(dQ + offsets, dQ_i * scale, sem="relaxed")
+        if OVERLAP:
+            dK = warpgroup_mma_wait(num_outstanding=0, deps=(dK, ))
         cta_barrier()  # every warpgroup is done with dS^T and this step's Q_i, dO_i slot (and dQ_i's buffer)
 
     # dK_j (scaled) and dV_j out through TMA, staged in K_j's and V_j's buffers.
