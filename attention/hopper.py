@@ -461,8 +461,9 @@ DQ_BY_TMA = {(128, False)}
 # Whether a step overlaps its elementwise work with its matmuls, as FA3's backward does: P^T's
 # exponentials computed while dP^T's wgmma runs, dS^T while dV's runs, dQ_i's adds while dK's
 # runs (rather than waiting for S^T and dP^T together, then for dV, dK and dQ_i together).
-# A switch, to time both in one process.
-BWD_OVERLAP = True
+# A switch, to time both in one process; off until the GPU grid has passed with it and it has
+# measured faster (its prediction: benchmarks/results/h200/notes.md).
+BWD_OVERLAP = False
 
 
 @constexpr_function

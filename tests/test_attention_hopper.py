@@ -100,8 +100,8 @@ def test_auto_runs_a_variant_only_where_it_was_measured_faster(monkeypatch):
 def compile_for_sm90(variant, D, causal):
     """The kernel through Gluon, the NVIDIA backend and ptxas for sm90, no GPU needed: what a
     check reads of it. Run without TRITON_INTERPRET, which would hand Gluon interpreted helpers.
-    variant "backward": the one-kernel backward ("backward-tma": dQ added by TMA; "backward-serial":
-    without BWD_OVERLAP's overlap of a step's elementwise work with its matmuls)."""
+    variant "backward": the one-kernel backward ("backward-tma": dQ added by TMA; "backward-overlap":
+    with BWD_OVERLAP's overlap of a step's elementwise work with its matmuls)."""
     from triton.runtime.jit import mangle_type
     from triton.experimental.gluon import language as gl
     q = qkv(D=D)[0]
@@ -114,7 +114,7 @@ def compile_for_sm90(variant, D, causal):
                    "scale": "fp32"}
         constexprs = {"dS_layout": gl.NVMMASharedLayout.get_default_for([tiles["B_c"], tiles["B_r"]], gl.bfloat16),
                       "CAUSAL": causal, "STAGES": tiles["STAGES"], "HEADS_OUTER": not causal,
-                      "DQ_TMA": variant == "backward-tma", "OVERLAP": variant != "backward-serial",
+                      "DQ_TMA": variant == "backward-tma", "OVERLAP": variant == "backward-overlap",
                       "num_warps": tiles["num_warps"]}
         kernel = hopper.fa3_bwd_kernel
     else:
@@ -140,7 +140,7 @@ def _compiled(kernel, signature, constexprs, num_warps):
             "shared": compiled.metadata.shared}
 
 
-CASES = [(variant, D, causal) for variant in (*hopper.VARIANTS, "backward", "backward-tma", "backward-serial") for D in hopper.HEAD_DIMS
+CASES = [(variant, D, causal) for variant in (*hopper.VARIANTS, "backward", "backward-tma", "backward-overlap") for D in hopper.HEAD_DIMS
          for causal in (False, True)]
 
 
@@ -157,22 +157,27 @@ def test_compiles_for_sm90(compiled, case):
     k = compiled[case]
     assert k["cubin"] and k["wgmma"] and k["tma"]
     assert k["shared"] <= 227 * 1024
-    assert k["atomics"] == (case[0] in ("backward", "backward-serial"))
+    assert k["atomics"] == (case[0] in ("backward", "backward-overlap"))
     assert k["tma_add"] == (case[0] == "backward-tma")
 
 
-# The Gluon paths, each as the launch options that select it and the function they route to.
-GLUON_PATHS = [({"gluon": variant}, "forward") for variant in hopper.VARIANTS] + \
-    [({"gluon_backward": True}, "backward"), ({"gluon": "plain", "gluon_backward": True}, "backward"),
-     ({"gluon_backward": "atomics"}, "backward"), ({"gluon_backward": "tma"}, "backward")]
+# The Gluon paths, each as the launch options that select it, the function they route to and
+# the module switches set for it (the backward's overlapped order, both ways of adding dQ).
+GLUON_PATHS = [({"gluon": variant}, "forward", {}) for variant in hopper.VARIANTS] + \
+    [({"gluon_backward": True}, "backward", {}), ({"gluon": "plain", "gluon_backward": True}, "backward", {}),
+     ({"gluon_backward": "atomics"}, "backward", {}), ({"gluon_backward": "tma"}, "backward", {})] + \
+    [({"gluon_backward": way}, "backward", {"BWD_OVERLAP": not hopper.BWD_OVERLAP}) for way in ("atomics", "tma")]
 
 
-@pytest.fixture(params=GLUON_PATHS, ids=lambda p: "-".join(map(str, p[0].values())))
+@pytest.fixture(params=GLUON_PATHS,
+                ids=lambda p: "-".join([*map(str, p[0].values()), *(f"{k}={v}" for k, v in p[2].items())]))
 def gluon_on(monkeypatch, request):
     """A Gluon path's options, and the calls that took it (flash's options are reset by
     get_attention, so the tests pass them through it)."""
     from attention import flash
-    options, name = request.param
+    options, name, switches = request.param
+    for switch, value in switches.items():
+        monkeypatch.setattr(hopper, switch, value)
     calls = []
     real = getattr(hopper, name)
     monkeypatch.setattr(hopper, name, lambda *a, **kw: calls.append(1) or real(*a, **kw))
