@@ -461,9 +461,13 @@ DQ_BY_TMA = {(128, False)}
 # Whether a step overlaps its elementwise work with its matmuls, as FA3's backward does: P^T's
 # exponentials computed while dP^T's wgmma runs, dS^T while dV's runs, dQ_i's adds while dK's
 # runs (rather than waiting for S^T and dP^T together, then for dV, dK and dQ_i together).
+# With it, dQ_i is computed and added in BWD_DQ_PARTS column blocks: at d=128 in halves, whose
+# accumulators (16 registers a thread, against 32 for the whole) let the step fit in 255
+# registers with little spilling (ptxas, Triton 3.6: 24-52 bytes a thread against 204-244).
 # A switch, to time both in one process; off until the GPU grid has passed with it and it has
 # measured faster (its prediction: benchmarks/results/h200/notes.md).
 BWD_OVERLAP = False
+BWD_DQ_PARTS = {64: 1, 128: 2}
 
 
 @constexpr_function
@@ -476,7 +480,7 @@ def dq_layout(num_warps, d):
 @gluon.jit
 def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, dQ_desc, LSE, Delta, N, H, qk_scale, scale,
                    dS_layout: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr, HEADS_OUTER: gl.constexpr,
-                   DQ_TMA: gl.constexpr, OVERLAP: gl.constexpr, num_warps: gl.constexpr):
+                   DQ_TMA: gl.constexpr, OVERLAP: gl.constexpr, DQ_PARTS: gl.constexpr, num_warps: gl.constexpr):
     """For key tile j and every query tile i that sees it, with P recomputed from the forward's
     LSE and Delta_i = rowsum(dO_i * O_i):
         S^T = K_j Q_i^T,  P^T = exp(s S^T - LSE_i),  dP^T = V_j dO_i^T,  dS^T = P^T * (dP^T - Delta_i)
@@ -484,8 +488,9 @@ def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, dQ_des
     Computing S^T rather than S puts P^T and dS^T in registers in the layout wgmma takes as its
     A operand (FA3's choice), so dV and dK need no transpose; dQ reads dS^T transposed from
     shared memory. dQ: fp32 (B, N, H, d), zeroed by the caller; dQ_desc the same memory as a
-    (B N) x (H d) matrix of [B_r, d] tiles, for DQ_TMA (dQ_i added by TMA, not by atomics).
-    OVERLAP: BWD_OVERLAP's order of a step's wgmmas and elementwise work."""
+    (B N) x (H d) matrix of [B_r, d / DQ_PARTS] tiles, for DQ_TMA (dQ_i added by TMA, not by
+    atomics). OVERLAP: BWD_OVERLAP's order of a step's wgmmas and elementwise work; DQ_PARTS: the
+    column blocks dQ_i is computed and added in (BWD_DQ_PARTS)."""
     B_r: gl.constexpr = Q_desc.block_type.shape[0]
     D: gl.constexpr = Q_desc.block_type.shape[1]
     B_c: gl.constexpr = K_desc.block_type.shape[0]
@@ -493,7 +498,8 @@ def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, dQ_des
     ST_layout: gl.constexpr = mma_layout(num_warps, B_r)   # S^T, P^T, dP^T, dS^T: [B_c, B_r]
     KV_layout: gl.constexpr = mma_layout(num_warps, D)     # dK_j, dV_j: [B_c, D]
     A_layout: gl.constexpr = p_layout(KV_layout)           # P^T, dS^T as wgmma's A, from registers
-    dQ_layout: gl.constexpr = dq_layout(num_warps, D)      # dQ_i: [B_r, D]
+    D_part: gl.constexpr = D // DQ_PARTS
+    dQ_layout: gl.constexpr = dq_layout(num_warps, D_part)  # a part of dQ_i: [B_r, D_part]
     j, bh = _tile_and_head(N // B_c, HEADS_OUTER, False)  # the key tile; the first sees the most queries
     row0 = (bh // H) * N            # this batch's first row in the (B N) x (H d) matrices
     col = (bh % H) * D              # this head's first column
@@ -506,7 +512,7 @@ def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, dQ_des
     dO_smem = gl.allocate_shared_memory(dtype, [STAGES, B_r, D], dO_desc.layout)
     dS_smem = gl.allocate_shared_memory(dtype, [B_c, B_r], dS_layout)
     if DQ_TMA:  # two dQ_i buffers: one is written while the other's reduce-add may still read it
-        dQ_smem = gl.allocate_shared_memory(gl.float32, [2, B_r, D], dQ_desc.layout)
+        dQ_smem = gl.allocate_shared_memory(gl.float32, [2, B_r, D_part], dQ_desc.layout)
     KV_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     Q_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(KV_bar, count=1)
@@ -531,7 +537,7 @@ def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, dQ_des
     dK = gl.zeros([B_c, D], gl.float32, layout=KV_layout)
     dV = gl.zeros([B_c, D], gl.float32, layout=KV_layout)
     dQ_rows = gl.arange(0, B_r, layout=gl.SliceLayout(1, dQ_layout))
-    dQ_cols = gl.arange(0, D, layout=gl.SliceLayout(0, dQ_layout))
+    dQ_cols = gl.arange(0, D_part, layout=gl.SliceLayout(0, dQ_layout))
     mbarrier.wait(KV_bar, 0)
     for t in range(count):
         i = (i0 + t) % n_q
@@ -563,30 +569,31 @@ def fa3_bwd_kernel(Q_desc, K_desc, V_desc, dO_desc, dK_desc, dV_desc, dQ, dQ_des
         dS_smem.store(dST.to(dtype))
         fence_async_shared()
         cta_barrier()  # every warp's part of dS^T is in shared memory before a warpgroup reads all of it
-        dQ_zero = gl.zeros([B_r, D], gl.float32, layout=dQ_layout)
-        if OVERLAP:  # dQ_i's wgmma before dK's, so that dQ_i's adds run under dK's wgmma; and P^T's
-            # registers freed (dV waited for) before dK's operand and dQ_i take theirs
-            dQ_i = warpgroup_mma(dS_smem.permute((1, 0)), K_smem, dQ_zero, use_acc=False, is_async=True)
-            dV = warpgroup_mma_wait(num_outstanding=1, deps=(dV, ))
-            dK = warpgroup_mma(gl.convert_layout(dST.to(dtype), A_layout), Q_smem.index(s), dK, is_async=True)
-            dQ_i = warpgroup_mma_wait(num_outstanding=1, deps=(dQ_i, ))
-        else:
+        if not OVERLAP:
             dV = warpgroup_mma(gl.convert_layout(PT.to(dtype), A_layout), dO_smem.index(s), dV, is_async=True)
             dK = warpgroup_mma(gl.convert_layout(dST.to(dtype), A_layout), Q_smem.index(s), dK, is_async=True)
-            dQ_i = warpgroup_mma(dS_smem.permute((1, 0)), K_smem, dQ_zero, use_acc=False, is_async=True)
-            dV, dK, dQ_i = warpgroup_mma_wait(num_outstanding=0, deps=(dV, dK, dQ_i))
-        if DQ_TMA:
-            dQ_buffer = dQ_smem.index(t % 2)  # free: the barrier ending the last step followed the wait below
-            dQ_buffer.store(dQ_i * scale)
-            fence_async_shared()
-            cta_barrier()  # all of dQ_i in shared memory before the copy engine reads it
-            tma_add(dQ_desc, [row0 + i * B_r, col], dQ_buffer)
-            tma.store_wait(pendings=1)  # the last step's reduce-add has read its buffer, the next one's
-        else:
-            offsets = gl.expand_dims((row0 + i * B_r + dQ_rows) * (H * D) + col, 1) + gl.expand_dims(dQ_cols, 0)
-            gl.atomic_add(dQ + offsets, dQ_i * scale, sem="relaxed")
-        if OVERLAP:
-            dK = warpgroup_mma_wait(num_outstanding=0, deps=(dK, ))
+        for p in gl.static_range(DQ_PARTS):  # dQ_i = s dS K_j, a block of D_part columns at a time
+            dQ_p = warpgroup_mma(dS_smem.permute((1, 0)), K_smem.slice(p * D_part, D_part, dim=1),
+                                 gl.zeros([B_r, D_part], gl.float32, layout=dQ_layout), use_acc=False, is_async=True)
+            if OVERLAP and p == 0:  # dK's wgmma after the first part's, which is added while dK's runs
+                dK = warpgroup_mma(gl.convert_layout(dST.to(dtype), A_layout), Q_smem.index(s), dK, is_async=True)
+                dV, dQ_p = warpgroup_mma_wait(num_outstanding=1, deps=(dV, dQ_p))
+            else:
+                dQ_p = warpgroup_mma_wait(num_outstanding=0, deps=(dQ_p, ))
+            if DQ_TMA:
+                dQ_buffer = dQ_smem.index((t * DQ_PARTS + p) % 2)  # its last reduce-add was waited for:
+                if p > 0:  # by the last part's store_wait, which this barrier puts before every warp's store
+                    cta_barrier()
+                dQ_buffer.store(dQ_p * scale)  # (or, for the first part, by the barrier ending the last step)
+                fence_async_shared()
+                cta_barrier()  # all of the part in shared memory before the copy engine reads it
+                tma_add(dQ_desc, [row0 + i * B_r, col + p * D_part], dQ_buffer)
+                tma.store_wait(pendings=1)  # the reduce-add before this one has read its buffer
+            else:
+                offsets = (gl.expand_dims((row0 + i * B_r + dQ_rows) * (H * D) + col + p * D_part, 1)
+                           + gl.expand_dims(dQ_cols, 0))
+                gl.atomic_add(dQ + offsets, dQ_p * scale, sem="relaxed")
+        dV, dK = warpgroup_mma_wait(num_outstanding=0, deps=(dV, dK))
         cta_barrier()  # every warpgroup is done with dS^T and this step's Q_i, dO_i slot (and dQ_i's buffer)
 
     # dK_j (scaled) and dV_j out through TMA, staged in K_j's and V_j's buffers.
@@ -662,12 +669,13 @@ def _capability(device):
     return torch.cuda.get_device_capability(device)  # asked once a device: `supported` runs every call
 
 
-def _matrix(x, block_rows):
-    """x (B, N, H, d) as its (B N) x (H d) matrix, tiles of block_rows x d (x: bf16, fp16, or the
-    backward's fp32 dQ)."""
+def _matrix(x, block_rows, block_cols=None):
+    """x (B, N, H, d) as its (B N) x (H d) matrix, tiles of block_rows x block_cols (d unless given;
+    x: bf16, fp16, or the backward's fp32 dQ)."""
     B, N, H, D = x.shape
-    layout = gl.NVMMASharedLayout.get_default_for([block_rows, D], gl.float32 if x.dtype == torch.float32 else DTYPES[x.dtype])
-    return TensorDescriptor(x, [B * N, H * D], [x.stride(1), 1], [block_rows, D], layout)
+    block = [block_rows, block_cols or D]
+    layout = gl.NVMMASharedLayout.get_default_for(block, gl.float32 if x.dtype == torch.float32 else DTYPES[x.dtype])
+    return TensorDescriptor(x, [B * N, H * D], [x.stride(1), 1], block, layout)
 
 
 def descriptors(q, k, v, o, variant=VARIANTS[0]):
@@ -743,9 +751,10 @@ def backward(do, q, k, v, o, lse, causal, scale, dq, dk, dv, dq_add="auto"):
     delta, dq_acc = preprocess(do, o if o.stride(-1) == 1 else o.contiguous())
     dS_layout = gl.NVMMASharedLayout.get_default_for([t["B_c"], t["B_r"]], DTYPES[q.dtype])
     heads_outer = flash.heads_outer(q.device, B * H, causal) if BWD_HEADS_OUTER is None else BWD_HEADS_OUTER
+    parts = BWD_DQ_PARTS[D] if BWD_OVERLAP else 1
     fa3_bwd_kernel[(N // t["B_c"] * B * H, )](
         _matrix(q, t["B_r"]), _matrix(k, t["B_c"]), _matrix(v, t["B_c"]), _matrix(do, t["B_r"]),
-        _matrix(dk, t["B_c"]), _matrix(dv, t["B_c"]), dq_acc, _matrix(dq_acc, t["B_r"]), lse, delta, N, H,
+        _matrix(dk, t["B_c"]), _matrix(dv, t["B_c"]), dq_acc, _matrix(dq_acc, t["B_r"], D // parts), lse, delta, N, H,
         scale * LOG2E, scale, dS_layout=dS_layout, CAUSAL=causal, STAGES=t["STAGES"], HEADS_OUTER=heads_outer,
-        DQ_TMA=dq_by_tma(dq_add, D, causal), OVERLAP=BWD_OVERLAP, num_warps=t["num_warps"])
+        DQ_TMA=dq_by_tma(dq_add, D, causal), OVERLAP=BWD_OVERLAP, DQ_PARTS=parts, num_warps=t["num_warps"])
     dq.copy_(dq_acc)

@@ -100,8 +100,8 @@ def test_auto_runs_a_variant_only_where_it_was_measured_faster(monkeypatch):
 def compile_for_sm90(variant, D, causal):
     """The kernel through Gluon, the NVIDIA backend and ptxas for sm90, no GPU needed: what a
     check reads of it. Run without TRITON_INTERPRET, which would hand Gluon interpreted helpers.
-    variant "backward": the one-kernel backward ("backward-tma": dQ added by TMA; "backward-overlap":
-    with BWD_OVERLAP's overlap of a step's elementwise work with its matmuls)."""
+    variant "backward": the one-kernel backward ("-tma": dQ added by TMA; "-overlap": with
+    BWD_OVERLAP's overlap of a step's elementwise work with its matmuls, dQ in BWD_DQ_PARTS)."""
     from triton.runtime.jit import mangle_type
     from triton.experimental.gluon import language as gl
     q = qkv(D=D)[0]
@@ -109,12 +109,14 @@ def compile_for_sm90(variant, D, causal):
         tiles = hopper.BWD_TILES[D]
         rows = dict(Q_desc="B_r", K_desc="B_c", V_desc="B_c", dO_desc="B_r", dK_desc="B_c", dV_desc="B_c")
         descs = {name: hopper._matrix(q, tiles[r]) for name, r in rows.items()}
-        descs["dQ_desc"] = hopper._matrix(q.float(), tiles["B_r"])
+        overlap = "-overlap" in variant
+        parts = hopper.BWD_DQ_PARTS[D] if overlap else 1
+        descs["dQ_desc"] = hopper._matrix(q.float(), tiles["B_r"], D // parts)
         scalars = {"dQ": "*fp32", "LSE": "*fp32", "Delta": "*fp32", "N": "i32", "H": "i32", "qk_scale": "fp32",
                    "scale": "fp32"}
         constexprs = {"dS_layout": gl.NVMMASharedLayout.get_default_for([tiles["B_c"], tiles["B_r"]], gl.bfloat16),
                       "CAUSAL": causal, "STAGES": tiles["STAGES"], "HEADS_OUTER": not causal,
-                      "DQ_TMA": variant == "backward-tma", "OVERLAP": variant == "backward-overlap",
+                      "DQ_TMA": variant.endswith("-tma"), "OVERLAP": overlap, "DQ_PARTS": parts,
                       "num_warps": tiles["num_warps"]}
         kernel = hopper.fa3_bwd_kernel
     else:
@@ -140,7 +142,8 @@ def _compiled(kernel, signature, constexprs, num_warps):
             "shared": compiled.metadata.shared}
 
 
-CASES = [(variant, D, causal) for variant in (*hopper.VARIANTS, "backward", "backward-tma", "backward-overlap") for D in hopper.HEAD_DIMS
+BACKWARDS = ("backward", "backward-tma", "backward-overlap", "backward-overlap-tma")
+CASES = [(variant, D, causal) for variant in (*hopper.VARIANTS, *BACKWARDS) for D in hopper.HEAD_DIMS
          for causal in (False, True)]
 
 
@@ -157,8 +160,8 @@ def test_compiles_for_sm90(compiled, case):
     k = compiled[case]
     assert k["cubin"] and k["wgmma"] and k["tma"]
     assert k["shared"] <= 227 * 1024
-    assert k["atomics"] == (case[0] in ("backward", "backward-overlap"))
-    assert k["tma_add"] == (case[0] == "backward-tma")
+    assert k["atomics"] == (case[0].startswith("backward") and not case[0].endswith("-tma"))
+    assert k["tma_add"] == case[0].endswith("-tma")
 
 
 # The Gluon paths, each as the launch options that select it, the function they route to and
