@@ -462,10 +462,10 @@ DQ_BY_TMA = {(128, False)}
 # exponentials computed while dP^T's wgmma runs, dS^T while dV's runs, dQ_i's adds while dK's
 # runs (rather than waiting for S^T and dP^T together, then for dV, dK and dQ_i together).
 # With it, dQ_i is computed and added in BWD_DQ_PARTS column blocks: at d=128 in halves, whose
-# accumulators (16 registers a thread, against 32 for the whole) let the step fit in 255
-# registers with little spilling (ptxas, Triton 3.6: 24-52 bytes a thread against 204-244).
+# accumulators (16 registers a thread, against 32 for the whole) let the step fit beside dK_j
+# and dV_j with little spilling (ptxas's counts: benchmarks/results/h200/notes.md).
 # A switch, to time both in one process; off until the GPU grid has passed with it and it has
-# measured faster (its prediction: benchmarks/results/h200/notes.md).
+# measured faster (its prediction: the same notes).
 BWD_OVERLAP = False
 BWD_DQ_PARTS = {64: 1, 128: 2}
 
