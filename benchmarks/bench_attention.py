@@ -22,10 +22,18 @@ reduce-adds), `flash-gluon-all` both (the plain forward). `flash` runs the launc
 force (the defaults, or FLASH_*); `flash-portable` is flash.py's kernels alone, `flash-gluon-auto`
 the Gluon forward where `gluon=auto` picks it.
 
+`--switch MODULE.NAME=A,B` times every provider with that module attribute set to each value in
+turn, one right after the other at each point (e.g. attention.hopper.BWD_OVERLAP=False,True: a
+kernel's two orders, side by side in one process); a provider the switch does not touch gives
+the run's noise.
+
     python -m benchmarks.bench_attention --out benchmarks/results/h200/attention
 """
 
 import argparse
+import ast
+import contextlib
+import importlib
 import json
 import statistics
 import sys
@@ -209,6 +217,28 @@ def shapes(a):
                         yield batch, h, n, d, causal
 
 
+def parse_switch(text):
+    """`MODULE.NAME=A,B` -> (module, name, [A, B]) with Python literals as values."""
+    target, _, values = text.partition("=")
+    module, _, name = target.rpartition(".")
+    if not (module and name and values):
+        raise ValueError(f"--switch {text}: MODULE.NAME=VALUE,VALUE (e.g. attention.hopper.BWD_OVERLAP=False,True)")
+    module = importlib.import_module(module)
+    if not hasattr(module, name):
+        raise ValueError(f"--switch {text}: {module.__name__} has no {name}")
+    return module, name, [ast.literal_eval(v) for v in values.split(",")]
+
+
+@contextlib.contextmanager
+def switched(module, name, value):
+    before = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, before)
+
+
 def point(row):
     return row["provider"], row["head_dim"], row["heads"], row["causal"], row["seqlen"], row["batch"]
 
@@ -244,6 +274,8 @@ def main():
                     "--modes fwd, which also skips the backward's kernels and their tuning)")
     ap.add_argument("--dropout", type=float, default=0.0, help="attention dropout (the paper's Figure 3: 0.1)")
     ap.add_argument("--padding", action="store_true", help="a padding mask, real lengths in [N - 20, N) (non-causal)")
+    ap.add_argument("--switch", default=None, help="MODULE.NAME=A,B: every provider timed with the module "
+                    "attribute set to each value in turn (a kernel switch's two settings side by side)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--resume", action="store_true", help="keep the points OUT holds from this same command "
                     "on this same device and versions, measure the rest (a machine with a time limit measures "
@@ -256,6 +288,11 @@ def main():
     if not modes or len(modes) != len(args.modes.split(",")):
         ap.error(f"--modes {args.modes}: a comma-separated choice of {', '.join(MODES)}")
     fns = providers(args.providers.split(","))
+    try:
+        switch = parse_switch(args.switch) if args.switch else None
+    except (ValueError, ImportError, SyntaxError) as e:
+        ap.error(str(e))
+    settings = [(f"{switch[1]}={v!r}", (switch[0], switch[1], v)) for v in switch[2]] if switch else [("", None)]
     if args.padding and "1" in args.causal.split(","):
         ap.error("--padding is the paper's (non-causal) padding mask: use it with --causal 0")
     meta = harness.metadata([a for a in sys.argv[1:] if a != "--resume"], tokens=args.tokens, dtype="bfloat16",
@@ -268,14 +305,16 @@ def main():
             harness.write(args.out, "attention", meta, rows, markdown, "Attention benchmark")
 
     for batch, heads, n, d, causal in shapes(args):
-        for name, fn in fns.items():
-            if (name == "naive" and n > args.naive_max_n) or (name == "flash1" and n > args.flash1_max_n) \
+        for provider, fn, (setting, value) in ((p, f, s) for p, f in fns.items() for s in settings):
+            name = f"{provider} {setting}".strip()
+            if (provider == "naive" and n > args.naive_max_n) or (provider == "flash1" and n > args.flash1_max_n) \
                     or (name, d, heads, causal, n, batch) in done:
                 continue
             t0 = time.time()
             try:
-                times, mem, spread = measure(fn, batch, heads, n, d, causal, repeats=args.repeats,
-                                             dropout_p=args.dropout, padding=args.padding, modes=modes)
+                with switched(*value) if value else contextlib.nullcontext():
+                    times, mem, spread = measure(fn, batch, heads, n, d, causal, repeats=args.repeats,
+                                                 dropout_p=args.dropout, padding=args.padding, modes=modes)
             except Exception as e:  # a provider that rejects a shape is reported, not fatal
                 print(f"{name} d={d} causal={causal} N={n}: {type(e).__name__}: {str(e)[:200]}", flush=True)
                 error = "OOM" if isinstance(e, torch.OutOfMemoryError) else f"{type(e).__name__}: {str(e)[:160]}"
@@ -288,16 +327,17 @@ def main():
                        peak_mem_mb=mem / 2**20, **{f"ms_{m}": times[m] for m in modes},
                        **{f"spread_{m}": spread[m] for m in modes}, unstable=max(spread.values()) > SPREAD,
                        **{f"tflops_{m}": flops(batch, heads, n, d, causal, m) / times[m] / 1e9 for m in modes})
-            if name == "flash-butterfly":
+            if provider == "flash-butterfly":
                 row["density"] = butterfly_layout(n, causal, "cpu").density
             rows.append(row)
             save()
             print(f"{name:11s} d={d:3d} causal={int(causal)} N={n:5d} B={batch:2d} "
                   + " ".join(f"{m}={row['tflops_' + m]:6.1f}" for m in modes)
                   + f" TFLOP/s  mem={row['peak_mem_mb']:8.1f}MB  ({time.time() - t0:.0f}s)", flush=True)
-    print(ratio_table(rows, modes[-1]))
+    table = switch_table(rows, [s for s, _ in settings], modes) if switch else ratio_table(rows, modes[-1])
+    print(table)
     if args.out:
-        save(ratio_table(rows, modes[-1]))
+        save(table)
         plot(rows, args.out / "attention.png")
 
 
@@ -315,6 +355,26 @@ def ratio_table(rows, mode="fwd+bwd", against=("sdpa-flash", "sdpa-cudnn", "flex
         mark = "*" if r.get("unstable") else ""
         lines.append(f"| {d} | {int(causal)} | {n} | {r['tflops_' + mode]:.0f}{mark} | " + " | ".join(ratio(a) for a in against)
                      + f" | {ratio('sdpa-flash', 'fwd')} | {ratio('sdpa-flash', 'bwd')} |")
+    return "\n".join(lines)
+
+
+def switch_table(rows, settings, modes):
+    """Markdown: each provider's TFLOP/s under the first setting and the ratio of every other
+    setting's to it, per point and mode."""
+    index = {(r["provider"], r["head_dim"], r["causal"], r["seqlen"]): r for r in rows if "error" not in r}
+    lines = [f"| provider | d | causal | N | mode | {settings[0]} TFLOP/s | "
+             + " | ".join(f"{s} / {settings[0]}" for s in settings[1:]) + " |",
+             "|---|---|---|---|---|---|" + "---|" * (len(settings) - 1)]
+    mark = lambda r: "*" if r.get("unstable") else ""  # noqa: E731
+    for (name, d, causal, n), first in sorted(index.items(), key=lambda x: (x[0][1], x[0][2], x[0][3], x[0][0])):
+        provider, _, setting = name.rpartition(" ")
+        if setting != settings[0]:
+            continue
+        for m in modes:
+            others = [index.get((f"{provider} {s}", d, causal, n)) for s in settings[1:]]
+            lines.append(f"| {provider} | {d} | {int(causal)} | {n} | {m} | {first['tflops_' + m]:.0f}{mark(first)} | "
+                         + " | ".join(f"{o['tflops_' + m] / first['tflops_' + m]:.3f}{mark(o)}" if o else "-"
+                                      for o in others) + " |")
     return "\n".join(lines)
 
 

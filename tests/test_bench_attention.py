@@ -128,3 +128,44 @@ def test_the_forward_alone_times_only_the_forward(tmp_path, monkeypatch, capsys)
     with pytest.raises(SystemExit):
         bench_attention.main()
     assert "--modes fwd,backward: a comma-separated choice of fwd, bwd, fwd+bwd" in capsys.readouterr().err
+
+
+def test_a_switch_times_every_provider_under_each_value_side_by_side(tmp_path, monkeypatch, capsys):
+    """--switch MODULE.NAME=A,B: at each point every provider is timed with the attribute set to
+    A, then to B (set during the timing only); rows and table name the setting; a switch that
+    does not exist is refused in one line."""
+    import json
+    import sys
+    import types
+
+    import pytest
+    from benchmarks import bench_attention
+    module = types.ModuleType("a_kernel_module")
+    module.ORDER = "old"
+    monkeypatch.setitem(sys.modules, "a_kernel_module", module)
+    seen = []
+
+    def measure(fn, batch, heads, n, *a, modes, **kw):
+        seen.append((n, module.ORDER))
+        ms = 1.0 if module.ORDER == "old" else 0.8  # the new order: 1.25x the TFLOP/s
+        return {m: ms for m in modes}, 0, {m: 0.0 for m in modes}
+    monkeypatch.setattr(bench_attention, "measure", measure)
+    monkeypatch.setattr(bench_attention, "plot", lambda rows, path: None)
+    monkeypatch.setattr(bench_attention.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench_attention.torch.cuda, "get_device_name", lambda *a: "a stand-in GPU")
+    args = ["bench_attention", "--providers", "naive,flash", "--shapes", "16x2", "--causal", "0", "--seqlens", "128,256",
+            "--modes", "bwd", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", [*args, "--switch", "a_kernel_module.ORDER='old','new'"])
+    bench_attention.main()
+    assert seen == [(n, order) for n in (128, 256) for _ in ("naive", "flash") for order in ("old", "new")]
+    assert module.ORDER == "old"  # put back after each timing
+    rows = json.loads((tmp_path / "attention.json").read_text())["rows"]
+    assert [r["provider"] for r in rows[:4]] == ["naive ORDER='old'", "naive ORDER='new'", "flash ORDER='old'",
+                                                 "flash ORDER='new'"]
+    table = (tmp_path / "attention.md").read_text()
+    assert "| flash | 16 | 0 | 256 | bwd |" in table and table.count("| 1.250 |") == 4
+    for bad in ("a_kernel_module.NOPE=1,2", "ORDER=1,2"):
+        monkeypatch.setattr(sys, "argv", [*args, "--switch", bad])
+        with pytest.raises(SystemExit):
+            bench_attention.main()
+    assert "a_kernel_module has no NOPE" in capsys.readouterr().err
