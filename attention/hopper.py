@@ -47,6 +47,8 @@ al. 2024, Section 3):
   accumulated in fp32 by atomics from registers or as FA3 does it, each dQ_i staged in one of two
   shared-memory buffers and added by one TMA reduce-add, which runs while the next tile computes;
   DQ_BY_TMA says where the second was measured faster (`gluon_backward=atomics|tma` forces one).
+  `BWD_OVERLAP` (off until measured) orders a step as FA3's backward does, its exponentials,
+  dS^T and dQ_i's adds each under a wgmma, with dQ_i in column halves at d=128 (registers).
   No warp specialization in it yet.
 
 Supported: bf16 / fp16, head dim 64 or 128, N_q = N_k a multiple of 128, causal or not,
@@ -472,7 +474,8 @@ BWD_DQ_PARTS = {64: 1, 128: 2}
 
 @constexpr_function
 def dq_layout(num_warps, d):
-    """dQ_i's accumulator [64, d]: each warpgroup holds the 64 rows and a share of the d columns."""
+    """dQ_i's accumulator [64, d] (d: a column block of dQ_i where it is computed in parts): each
+    warpgroup holds the 64 rows and a share of the d columns."""
     groups = num_warps // 4
     return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, groups], instr_shape=[16, d // groups, 16])
 
